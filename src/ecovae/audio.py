@@ -1,0 +1,245 @@
+"""Recordings in: find audio files, read them in blocks, downmix and resample.
+
+Field archives hold broken files. Everything here that can fail on a file
+raises :class:`BadAudio`, whose message names the file and the reason, so the
+caller can log it, count it and go on with the next file. Nothing here ever
+substitutes other audio for a broken file.
+
+Audio is never read whole: :func:`iter_blocks` yields mono 48 kHz blocks of a
+bounded size, so a 24-hour recording costs no more memory than a 1-minute one.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+
+# Outside this range a header is corrupt rather than exotic; a 1 Hz "recording"
+# resampled to 48 kHz would also exhaust memory.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 1_536_000
+MAX_CHANNELS = 64
+READ_BLOCK_SECONDS = 10.0
+
+
+class BadAudio(Exception):
+    """A file that cannot be used, with the reason. ``str()`` names the file."""
+
+    def __init__(self, path: Path | str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One audio file of a survey, as found on disk (nothing decoded yet)."""
+
+    path: Path  # absolute
+    relpath: str  # POSIX path relative to the survey folder; the key for labels
+    sample_rate: int  # the file's own rate; audio is resampled to 48 kHz on reading
+    channels: int
+    n_samples: int  # per channel, as the header says
+    start_time: datetime | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_samples / self.sample_rate
+
+
+def find_audio_files(root: Path | str) -> list[Path]:
+    """All audio files under ``root`` (recursive), sorted by relative path."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    files = [
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() and not p.name.startswith(".")
+    ]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+# AudioMoth: 20190522_060000.WAV; Song Meter: S4A03895_20190522_060000.wav
+# (optionally with a suffix such as _0+1_). Anchored on the date and time groups.
+_TIME_PATTERN = re.compile(r"(?:^|[^0-9])(\d{8})[_T-](\d{6})(?:[^0-9]|$)")
+
+
+def parse_start_time(name: str) -> datetime | None:
+    """Start time from an AudioMoth or Song Meter file name, else None.
+
+    The time is returned as written (naive): AudioMoth names are UTC by
+    default, Song Meter names are the recorder's local time.
+    """
+    match = _TIME_PATTERN.search(Path(name).stem)
+    if not match:
+        return None
+    try:
+        return datetime.strptime(match.group(1) + match.group(2), "%Y%m%d%H%M%S")
+    except ValueError:
+        return None
+
+
+_SONG_METER_SERIAL = re.compile(r"^(S\d[A-Z]\d{5}|SM[A-Z0-9]+)_\d{8}_\d{6}", re.IGNORECASE)
+
+
+def labels_from_layout(relpath: str) -> dict[str, str]:
+    """Labels from the folder layout ``SITE/[RECORDER/]file``.
+
+    The first folder is the site and a second one the recorder; a Song Meter
+    serial at the start of the file name is the recorder when no folder says so.
+    """
+    parts = relpath.split("/")
+    labels: dict[str, str] = {}
+    if len(parts) >= 2:
+        labels["site"] = parts[0]
+    if len(parts) >= 3:
+        labels["recorder"] = parts[1]
+    serial = _SONG_METER_SERIAL.match(parts[-1])
+    if serial and "recorder" not in labels:
+        labels["recorder"] = serial.group(1)
+    return labels
+
+
+def read_labels_csv(path: Path | str) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """A labels table keyed by relative path: returns (label columns, rows by path).
+
+    The CSV needs a ``path`` column (relative to the recordings folder); every
+    other column is a label, kept as text.
+    """
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise ValueError(f"{path}: a labels CSV needs a 'path' column; found {reader.fieldnames}")
+        columns = [c for c in reader.fieldnames if c != "path"]
+        rows = {Path(r["path"]).as_posix(): {c: (r[c] or "") for c in columns} for r in reader}
+    return columns, rows
+
+
+def label_columns(labels_csv: Path | str | None) -> list[str]:
+    """The label columns a survey's outputs carry (fixed before any file is read)."""
+    if labels_csv is None:
+        return ["site", "recorder"]
+    return read_labels_csv(labels_csv)[0]
+
+
+def discover(
+    root: Path | str, labels_csv: Path | str | None = None
+) -> tuple[list[Path], list[str], dict[str, dict[str, str]]]:
+    """Files under ``root``, the label columns, and labels by relative path.
+
+    Labels come from ``labels_csv`` when given; else from ``root/labels.csv``
+    if present; else from the folder layout.
+    """
+    root = Path(root)
+    if labels_csv is None and (root / "labels.csv").is_file():
+        labels_csv = root / "labels.csv"
+    files = find_audio_files(root)
+    base = root if root.is_dir() else root.parent
+    if labels_csv is not None:
+        columns, by_path = read_labels_csv(labels_csv)
+    else:
+        columns = ["site", "recorder"]
+        by_path = {}
+        for p in files:
+            rel = p.relative_to(base).as_posix()
+            by_path[rel] = labels_from_layout(rel)
+    return files, columns, by_path
+
+
+def open_recording(path: Path, root: Path, labels: dict[str, str] | None = None) -> Recording:
+    """Read a file's header and check it is usable audio; raise BadAudio if not."""
+    root = root if root.is_dir() else root.parent
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise BadAudio(path, f"cannot stat file ({e.strerror})") from None
+    if size == 0:
+        raise BadAudio(path, "empty file (0 bytes)")
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # libsndfile reports corrupt and non-audio files this way
+        raise BadAudio(path, f"not readable as audio ({_short(e)})") from None
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise BadAudio(path, f"implausible sample rate {info.samplerate} Hz (corrupt header?)")
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise BadAudio(path, f"implausible channel count {info.channels} (corrupt header?)")
+    if info.frames <= 0:
+        raise BadAudio(path, "no audio samples")
+    rel = path.relative_to(root).as_posix()
+    return Recording(
+        path=path,
+        relpath=rel,
+        sample_rate=int(info.samplerate),
+        channels=int(info.channels),
+        n_samples=int(info.frames),
+        start_time=parse_start_time(path.name),
+        labels=dict(labels or {}),
+    )
+
+
+def iter_blocks(
+    rec: Recording, target_rate: int = 48_000, block_seconds: float = READ_BLOCK_SECONDS
+) -> Iterator[np.ndarray]:
+    """Mono float32 audio at ``target_rate``, in blocks of about ``block_seconds``.
+
+    Reads the file block by block (never whole), averages the channels, and
+    resamples with a streaming soxr resampler so block edges leave no seams.
+    Raises BadAudio on a read error or non-finite samples.
+    """
+    block = max(1024, int(block_seconds * rec.sample_rate))
+    resampler = (
+        None
+        if rec.sample_rate == target_rate
+        else soxr.ResampleStream(rec.sample_rate, target_rate, 1, dtype="float32", quality="HQ")
+    )
+    position = 0
+    try:
+        f = sf.SoundFile(str(rec.path))
+    except Exception as e:
+        raise BadAudio(rec.path, f"not readable as audio ({_short(e)})") from None
+    with f:
+        while True:
+            try:
+                data = f.read(block, dtype="float32", always_2d=True)
+            except Exception as e:
+                raise BadAudio(rec.path, f"read error after {position / rec.sample_rate:.1f} s ({_short(e)})") from None
+            last = len(data) < block
+            if len(data):
+                if not np.isfinite(data).all():
+                    bad = position + int(np.argmax(~np.isfinite(data).all(axis=1)))
+                    raise BadAudio(rec.path, f"non-finite samples (NaN or inf) at {bad / rec.sample_rate:.3f} s")
+                mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+                position += len(data)
+            else:
+                mono = np.zeros(0, dtype=np.float32)
+            if resampler is not None:
+                mono = resampler.resample_chunk(np.ascontiguousarray(mono), last=last)
+            if len(mono):
+                yield np.ascontiguousarray(mono, dtype=np.float32)
+            if last:
+                break
+
+
+def read_audio(rec: Recording, target_rate: int = 48_000) -> np.ndarray:
+    """The whole recording as mono float32 at ``target_rate`` (for short files and tests)."""
+    blocks = list(iter_blocks(rec, target_rate))
+    return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().replace("\n", " ")
+    return text[:200] or type(e).__name__

@@ -1,0 +1,427 @@
+"""A soundscape simulator: the built-in default data, with known ground truth.
+
+``simulate_survey`` writes a small passive-acoustic survey: several sites along
+a habitat-degradation gradient, each recorded at several times of day by two
+recorders of different models. Each recording mixes
+
+* biophony: birds (frequency-modulated chirps, whistles and trills, each
+  species in its own band), insect stridulation (pulsed high carriers) and
+  frog choruses (periodic pulse trains);
+* geophony: rain (broadband hiss with drop transients) and wind (gusty
+  low-frequency noise);
+* anthrophony: road traffic (low rumble with passing vehicles) and aircraft
+  (a slow harmonic drone rising and falling);
+
+shaped by a diel cycle (dawn chorus, nocturnal insects and frogs, rush-hour
+traffic) and by the degradation of the site (fewer species, more noise), then
+passed through the recorder's frequency response and self-noise. Everything is
+deterministic given the seed. The labels CSV holds the ground truth.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy import fft as sp_fft
+from scipy.signal import butter, sosfilt
+
+SR = 48_000
+
+
+@dataclass(frozen=True)
+class Bird:
+    name: str
+    low_hz: float
+    high_hz: float
+    song: str  # "chirp", "whistle" or "trill"
+    songs_per_minute: float
+    sensitivity: float  # how fast the species disappears with degradation (0..1)
+
+
+BIRDS = (
+    Bird("warbler", 4000, 8000, "trill", 10, 0.9),
+    Bird("thrush", 1800, 4200, "whistle", 8, 0.7),
+    Bird("flycatcher", 5000, 9500, "chirp", 14, 0.8),
+    Bird("dove", 500, 900, "whistle", 5, 0.2),
+    Bird("wren", 3000, 7000, "trill", 9, 0.6),
+    Bird("tanager", 2500, 5500, "chirp", 12, 0.95),
+    Bird("sparrow", 3500, 6500, "chirp", 10, 0.1),
+)
+
+
+@dataclass(frozen=True)
+class Insect:
+    name: str
+    carrier_hz: float
+    pulse_hz: float
+    nocturnal: bool
+
+
+INSECTS = (
+    Insect("katydid", 11000, 12, True),
+    Insect("cricket", 4700, 30, True),
+    Insect("cicada", 7500, 90, False),
+)
+
+
+@dataclass(frozen=True)
+class Frog:
+    name: str
+    freq_hz: float
+    pulse_hz: float  # pulses within a call
+    call_period_s: float
+
+
+FROGS = (Frog("treefrog", 2300, 60, 1.2), Frog("chorus_frog", 1300, 18, 2.5))
+
+
+@dataclass(frozen=True)
+class RecorderModel:
+    name: str
+    highpass_hz: float
+    resonance_hz: float  # a broad peak in the response
+    resonance_db: float
+    lowpass_hz: float
+    noise_dbfs: float  # self-noise
+
+
+RECORDER_MODELS = (
+    RecorderModel("AudioMoth", highpass_hz=300, resonance_hz=3500, resonance_db=6.0, lowpass_hz=14000, noise_dbfs=-62),
+    RecorderModel("SM4", highpass_hz=120, resonance_hz=1500, resonance_db=1.5, lowpass_hz=19000, noise_dbfs=-75),
+)
+
+HABITATS = ("intact forest", "selectively logged", "degraded forest", "cleared farmland")
+DEFAULT_HOURS = (0.0, 5.5, 7.0, 12.0, 18.0, 21.5)
+
+
+def diel_period(hour: float) -> str:
+    if 5.0 <= hour < 7.5:
+        return "dawn"
+    if 7.5 <= hour < 18.5:
+        return "day"
+    if 18.5 <= hour < 20.5:
+        return "dusk"
+    return "night"
+
+
+def bird_activity(hour: float) -> float:
+    """Dawn chorus peak, a smaller dusk peak, little by day, none at night."""
+    dawn = np.exp(-0.5 * ((hour - 6.0) / 1.0) ** 2)
+    dusk = 0.4 * np.exp(-0.5 * ((hour - 19.0) / 1.0) ** 2)
+    day = 0.25 if 7 <= hour <= 18 else 0.0
+    return float(min(1.0, dawn + dusk + day))
+
+
+def is_night(hour: float) -> bool:
+    return hour < 5.5 or hour >= 20.5
+
+
+def traffic_level(hour: float) -> float:
+    """Road traffic through the day: rush hours high, deep night low."""
+    base = 0.15 + 0.85 * (6 <= hour <= 22)
+    rush = np.exp(-0.5 * ((hour - 8) / 1.2) ** 2) + np.exp(-0.5 * ((hour - 17.5) / 1.5) ** 2)
+    return float(min(1.0, 0.5 * base + 0.5 * rush))
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _noise(rng: np.random.Generator, n: int, lo: float, hi: float, order: int = 2) -> np.ndarray:
+    """Band-limited noise between lo and hi Hz (Butterworth), unit RMS."""
+    sos = butter(order, [lo, min(hi, 0.45 * SR)], btype="bandpass", fs=SR, output="sos")
+    out = sosfilt(sos, rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
+    return out / (np.sqrt(np.mean(out**2)) + 1e-12)
+
+
+def _envelope(n: int, attack: float = 0.1) -> np.ndarray:
+    a = max(1, int(n * attack))
+    env = np.ones(n)
+    ramp = np.sin(np.linspace(0, np.pi / 2, a)) ** 2
+    env[:a] = ramp
+    env[-a:] = ramp[::-1]
+    return env
+
+
+def _tone(freq: np.ndarray, harmonics: tuple[float, ...] = (1.0, 0.25)) -> np.ndarray:
+    # Phase in float64 (long sums), the sines in float32.
+    phase = np.mod(2 * np.pi * np.cumsum(freq, dtype=np.float64) / SR, 2 * np.pi).astype(np.float32)
+    return sum(a * np.sin((k + 1) * phase) for k, a in enumerate(harmonics))
+
+
+def _add(dst: np.ndarray, start: int, sig: np.ndarray) -> None:
+    end = min(len(dst), start + len(sig))
+    if start < end:
+        dst[start:end] += sig[: end - start]
+
+
+def bird_song(rng: np.random.Generator, bird: Bird) -> np.ndarray:
+    lo, hi = bird.low_hz, bird.high_hz
+    if bird.song == "chirp":  # a few fast downward sweeps
+        notes = []
+        for _ in range(rng.integers(2, 6)):
+            n = int(SR * rng.uniform(0.05, 0.12))
+            f = np.linspace(rng.uniform(0.7, 1.0) * hi, rng.uniform(1.0, 1.3) * lo, n)
+            notes += [_tone(f) * _envelope(n, 0.2), np.zeros(int(SR * rng.uniform(0.04, 0.1)))]
+        return np.concatenate(notes)
+    if bird.song == "whistle":  # slow tonal glide with vibrato
+        n = int(SR * rng.uniform(0.6, 1.4))
+        t = np.arange(n) / SR
+        f0 = rng.uniform(lo, (lo + hi) / 2)
+        f = np.linspace(f0, rng.uniform(f0, hi), n) + 0.04 * f0 * np.sin(2 * np.pi * rng.uniform(4, 9) * t)
+        return _tone(f, (1.0, 0.3, 0.1)) * _envelope(n, 0.15)
+    # trill: rapid repetition of one short note
+    note_n = int(SR * rng.uniform(0.02, 0.04))
+    gap_n = int(SR * rng.uniform(0.015, 0.03))
+    f = np.linspace(rng.uniform(0.8, 1.0) * hi, rng.uniform(1.0, 1.2) * lo, note_n)
+    note = np.concatenate([_tone(f) * _envelope(note_n, 0.3), np.zeros(gap_n)])
+    return np.tile(note, rng.integers(12, 30))
+
+
+def insect_chorus(rng: np.random.Generator, insect: Insect, n: int) -> np.ndarray:
+    t = np.arange(n, dtype=np.float32) / SR
+    carrier = insect.carrier_hz * (1 + 0.01 * np.sin(2 * np.pi * 0.05 * t + rng.uniform(0, 6)))
+    pulses = (np.sin(2 * np.pi * insect.pulse_hz * t + rng.uniform(0, 6)) > 0.3).astype(float)
+    pulses = sosfilt(butter(2, 400, fs=SR, output="sos"), pulses)  # soften pulse edges
+    return _tone(carrier, (1.0, 0.15)) * pulses
+
+
+def frog_chorus(rng: np.random.Generator, frog: Frog, n: int, n_frogs: int) -> np.ndarray:
+    out = np.zeros(n)
+    for _ in range(n_frogs):
+        period = frog.call_period_s * rng.uniform(0.85, 1.15)
+        start = rng.uniform(0, period)
+        call_n = int(SR * min(0.5, period * 0.4))
+        t = np.arange(call_n) / SR
+        f = frog.freq_hz * rng.uniform(0.95, 1.05) * np.ones(call_n)
+        pulse = (np.sin(2 * np.pi * frog.pulse_hz * t) > 0).astype(float)
+        call = _tone(f, (1.0, 0.5, 0.2)) * pulse * _envelope(call_n, 0.1)
+        gain = rng.uniform(0.4, 1.0)
+        for s in np.arange(start, n / SR, period):
+            _add(out, int(s * SR), gain * call)
+    return out
+
+
+def rain(rng: np.random.Generator, n: int) -> np.ndarray:
+    hiss = _noise(rng, n, 800, 16000)
+    drops = np.zeros(n)
+    idx = rng.integers(0, n, size=int(n / SR * 400))
+    drops[idx] = rng.uniform(0.5, 3.0, size=len(idx))
+    drops = sosfilt(butter(2, [1500, 9000], btype="bandpass", fs=SR, output="sos"), drops)
+    return hiss + 8 * drops
+
+
+def wind(rng: np.random.Generator, n: int) -> np.ndarray:
+    t = np.arange(n, dtype=np.float32) / SR
+    gusts = 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.05, 0.2) * t + rng.uniform(0, 6)) ** 2
+    return _noise(rng, n, 20, 500) * gusts
+
+
+def road_traffic(rng: np.random.Generator, n: int, level: float) -> np.ndarray:
+    rumble = _noise(rng, n, 40, 1500)
+    t = np.arange(0, n, SR // 100) / SR  # the envelope is slow: build it at 100 Hz
+    env = np.full(len(t), 0.3)
+    for _ in range(rng.poisson(1 + 10 * level)):  # passing vehicles
+        t0, width = rng.uniform(0, n / SR), rng.uniform(2, 6)
+        env += rng.uniform(0.5, 2.0) * np.exp(-0.5 * ((t - t0) / width) ** 2)
+    return rumble * np.interp(np.arange(n) / SR, t, env).astype(np.float32)
+
+
+def aircraft(rng: np.random.Generator, n: int) -> np.ndarray:
+    t = np.arange(n, dtype=np.float32) / SR
+    t0, width = rng.uniform(0.2, 0.8) * n / SR, rng.uniform(8, 20)
+    env = np.exp(-0.5 * ((t - t0) / width) ** 2)
+    f0 = rng.uniform(90, 140) * (1 - 0.08 * np.tanh((t - t0) / width))  # Doppler-like glide
+    drone = _tone(f0, (1.0, 0.7, 0.5, 0.35, 0.25, 0.15))
+    return (drone + 0.8 * _noise(rng, n, 100, 3000)) * env
+
+
+@lru_cache(maxsize=8)
+def _response(model: RecorderModel, n: int) -> np.ndarray:
+    f = np.maximum(np.fft.rfftfreq(n, 1 / SR), 1.0)
+    gain = 1 / np.sqrt(1 + (model.highpass_hz / f) ** 4) / np.sqrt(1 + (f / model.lowpass_hz) ** 8)
+    gain *= 10 ** (model.resonance_db / 20 * np.exp(-0.5 * (np.log(f / model.resonance_hz) / 0.5) ** 2))
+    return gain.astype(np.float32)
+
+
+def recorder_response(x: np.ndarray, model: RecorderModel, rng: np.random.Generator) -> np.ndarray:
+    """The recorder's frequency response and self-noise."""
+    y = sp_fft.irfft(sp_fft.rfft(x) * _response(model, len(x)), len(x))
+    return y + np.float32(10 ** (model.noise_dbfs / 20)) * rng.standard_normal(len(x), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- a recording
+
+
+def _db(level_db: float) -> float:
+    return 10 ** (level_db / 20)
+
+
+def simulate_recording(
+    rng: np.random.Generator,
+    duration_s: float,
+    hour: float,
+    degradation: float,
+    species: dict[str, list],
+    recorder: RecorderModel,
+) -> tuple[np.ndarray, dict[str, bool]]:
+    """One mono recording (float, peak below 1) and which source kinds it holds."""
+    n = int(duration_s * SR)
+    x = np.zeros(n, dtype=np.float32)
+    present: dict[str, bool] = {}
+
+    activity = bird_activity(hour)
+    birds_heard = False
+    for bird in species["birds"]:
+        n_songs = rng.poisson(bird.songs_per_minute * duration_s / 60 * activity * 1.5)
+        level = _db(rng.uniform(-32, -20))
+        for _ in range(n_songs):
+            song = bird_song(rng, bird)
+            _add(x, int(rng.uniform(0, max(1, n - len(song)))), level * rng.uniform(0.3, 1.0) * song)
+        birds_heard |= n_songs > 0
+    present["birds"] = birds_heard
+
+    night = is_night(hour)
+    insects_heard = False
+    for insect in species["insects"]:
+        if insect.nocturnal == night and rng.random() < 0.85:
+            x += _db(rng.uniform(-42, -30)) * insect_chorus(rng, insect, n)
+            insects_heard = True
+    present["insects"] = insects_heard
+
+    frogs_heard = False
+    for frog in species["frogs"]:
+        if night and rng.random() < 0.8:
+            x += _db(rng.uniform(-36, -26)) * frog_chorus(rng, frog, n, int(rng.integers(3, 9)))
+            frogs_heard = True
+    present["frogs"] = frogs_heard
+
+    present["rain"] = bool(rng.random() < 0.15)
+    if present["rain"]:
+        x += _db(rng.uniform(-40, -28)) * rain(rng, n)
+    wind_db = rng.uniform(-60, -36)
+    present["wind"] = bool(wind_db > -48)
+    x += _db(wind_db) * wind(rng, n)
+
+    traffic = degradation * traffic_level(hour)
+    present["traffic"] = bool(traffic > 0.05)
+    if present["traffic"]:
+        x += _db(-52 + 20 * traffic) * road_traffic(rng, n, traffic)
+    present["aircraft"] = bool(rng.random() < 0.12 + 0.25 * degradation)
+    if present["aircraft"]:
+        x += _db(rng.uniform(-40, -28)) * aircraft(rng, n)
+
+    y = recorder_response(x, recorder, rng)
+    peak = np.max(np.abs(y))
+    if peak > 0.95:  # the recorder's gain would have been set lower
+        y *= 0.95 / peak
+    return y.astype(np.float32), present
+
+
+def site_species(rng: np.random.Generator, degradation: float) -> dict[str, list]:
+    """A site's species: sensitive species drop out as degradation rises."""
+    birds = [b for b in BIRDS if rng.random() > degradation * b.sensitivity]
+    insects = [i for i in INSECTS if rng.random() > 0.5 * degradation]
+    frogs = [f for f in FROGS if rng.random() > 0.9 * degradation]
+    return {"birds": birds, "insects": insects, "frogs": frogs}
+
+
+LABEL_COLUMNS = (
+    "site", "habitat", "degradation", "recorder", "recorder_model", "start_time", "hour",
+    "diel_period", "day_night", "birds", "insects", "frogs", "rain", "wind", "traffic",
+    "aircraft", "species",
+)  # fmt: skip
+
+
+def _write_recording(job: dict) -> dict[str, bool]:
+    rng = np.random.default_rng(job["seed"])
+    audio, present = simulate_recording(
+        rng, job["duration_s"], job["hour"], job["degradation"], job["species"], job["model"]
+    )
+    sf.write(job["path"], audio, SR, subtype="PCM_16")
+    return present
+
+
+def simulate_survey(
+    out: Path | str,
+    n_sites: int = 4,
+    recorders_per_site: int = 2,
+    hours: tuple[float, ...] = DEFAULT_HOURS,
+    days: int = 1,
+    duration_s: float = 60.0,
+    seed: int = 0,
+    start_date: datetime = datetime(2024, 5, 1),
+    workers: int | None = None,
+) -> Path:
+    """Write a survey of WAV files as SITE/RECORDER/YYYYMMDD_HHMMSS.WAV plus labels.csv.
+
+    Returns the path of labels.csv. Recorder models alternate across a site's
+    recorders, so every site has each model. The output depends on the seed
+    only (not on ``workers``).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs, rows = [], []
+    for s, site_seq in enumerate(np.random.SeedSequence(seed).spawn(n_sites)):
+        degradation = s / max(1, n_sites - 1)
+        site = f"site{s + 1}"
+        habitat = HABITATS[min(len(HABITATS) - 1, int(degradation * (len(HABITATS) - 1) + 0.5))]
+        species_seq, *file_seqs = site_seq.spawn(1 + recorders_per_site * days * len(hours))
+        species = site_species(np.random.default_rng(species_seq), degradation)
+        species_names = ";".join(x.name for kind in ("birds", "insects", "frogs") for x in species[kind])
+        file_seqs = iter(file_seqs)
+        for r in range(recorders_per_site):
+            model = RECORDER_MODELS[r % len(RECORDER_MODELS)]
+            recorder = f"{site}-{model.name}-{r + 1}"
+            for d in range(days):
+                for hour in hours:
+                    start = start_date + timedelta(days=d, hours=hour)
+                    rel = f"{site}/{recorder}/{start:%Y%m%d_%H%M%S}.WAV"
+                    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                    jobs.append(
+                        {
+                            "path": out / rel,
+                            "seed": next(file_seqs),
+                            "duration_s": duration_s,
+                            "hour": hour,
+                            "degradation": degradation,
+                            "species": species,
+                            "model": model,
+                        }
+                    )
+                    rows.append(
+                        {
+                            "path": rel,
+                            "site": site,
+                            "habitat": habitat,
+                            "degradation": f"{degradation:.2f}",
+                            "recorder": recorder,
+                            "recorder_model": model.name,
+                            "start_time": start.isoformat(),
+                            "hour": f"{hour:g}",
+                            "diel_period": diel_period(hour),
+                            "day_night": "night" if is_night(hour) else "day",
+                            "species": species_names,
+                        }
+                    )
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            presents = list(pool.map(_write_recording, jobs))
+    else:
+        presents = [_write_recording(job) for job in jobs]
+    for row, present in zip(rows, presents, strict=True):
+        row.update({key: str(int(v)) for key, v in present.items()})
+    labels = out / "labels.csv"
+    with labels.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", *LABEL_COLUMNS])
+        writer.writeheader()
+        writer.writerows(rows)
+    return labels

@@ -1,0 +1,99 @@
+"""The model's layer table with shapes, parameters and FLOPs (``ecovae model-summary``).
+
+Walks the model stage by stage in the order of MODEL.md's table on one frame
+(or a clip of ``n_frames``), so the printed shapes are the real ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ecovae.model import SoundscapeVAE, clip_from_frames, frames_from_clip, parameter_count
+
+
+@dataclass
+class Stage:
+    group: str
+    operation: str
+    shape: tuple[int, ...]  # output, without the batch axis
+    parameters: int
+    flops: int
+
+
+def _run(fn, *args):
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = fn(*args)
+    return out, counter.get_total_flops()
+
+
+@torch.no_grad()
+def model_stages(model: SoundscapeVAE, n_frames: int = 1) -> list[Stage]:
+    """Each stage's output shape (C, T, F), parameters and FLOPs, for one input of n_frames."""
+    cfg = model.cfg
+    model = model.eval()
+    x = torch.zeros(1, 1, cfg.frame_hops * n_frames, cfg.n_mels)
+    stages = [Stage("input", "log-mel", tuple(x.shape[1:]), 0, 0)]
+
+    def add(group, op, module, fn, *args):
+        out, flops = _run(fn, *args)
+        stages.append(Stage(group, op, tuple(out.shape[1:]), parameter_count(module) if module else 0, flops))
+        return out
+
+    pre = model.pre
+    h = add("pre-processing", "5x5 Conv + BN + ReLU", pre.conv, pre.conv, (x - model.input_mean) / model.input_std)
+    h = add(
+        "pre-processing",
+        "Max & Avg pool (2,1), concat + 1x1 Conv",
+        pre.merge,
+        lambda t: pre.merge(torch.cat([pre.max_pool(t), pre.avg_pool(t)], 1)),
+        h,
+    )
+    for i, stack in enumerate(model.encoder_stacks, 1):
+        h = add(f"ResStack {i}", f"down 2x2 conv s2 + {cfg.blocks_per_stack} x residual", stack, stack, h)
+    h = add("temporal framing", "clip -> frames", None, lambda t: frames_from_clip(t, cfg.frame_shape[1]), h)
+    bott = model.bottleneck
+
+    def bottleneck(t):
+        mu, _ = bott.posterior(t)
+        return bott.unflatten(mu)
+
+    h = add("bottleneck", f"Flatten, Linear -> mu, logvar ({cfg.latent_dim}), Linear, Unflatten", bott, bottleneck, h)
+    stages[-1].shape = (n_frames,) + stages[-1].shape  # per-frame maps, n_frames of them
+    h = add("decoder temporal framing", "frames -> clip", None, lambda t: clip_from_frames(t, n_frames), h)
+    n_stacks = len(model.decoder_stacks)
+    for i, stack in enumerate(model.decoder_stacks):
+        h = add(f"ResStack {n_stacks - i}", f"up 2x2 convT s2 + {cfg.blocks_per_stack} x residual", stack, stack, h)
+    post = model.post
+    h = add("post-processing", "1x1 Conv + BN + ReLU", post.expand, post.expand, h)
+    h = add("post-processing", "2x2 ConvTranspose (2,1) + BN + ReLU", post.upsample, post.upsample, h)
+    add("post-processing", "5x5 Conv", post.out, post.out, h)
+    return stages
+
+
+def format_summary(model: SoundscapeVAE, n_frames: int = 1) -> str:
+    stages = model_stages(model, n_frames)
+    encoder_flops = sum(s.flops for s in stages[: 2 + len(model.encoder_stacks) + 2])
+    lines = [f"{'group':<26}{'operation':<52}{'output C x T x F':>22}{'params':>12}{'MFLOPs':>10}"]
+    for s in stages:
+        shape = " x ".join(str(d) for d in s.shape)
+        lines.append(f"{s.group:<26}{s.operation:<52}{shape:>22}{s.parameters:>12,}{s.flops / 1e6:>10.1f}")
+    total = parameter_count(model)
+    lines += [
+        "",
+        f"parameters: {total:,} (encoder incl. posterior {_encoder_params(model):,})",
+        f"FLOPs per {n_frames}-frame input: {sum(s.flops for s in stages) / 1e9:.2f} G "
+        f"(encoder to posterior: {encoder_flops / 1e9:.2f} G)",
+    ]
+    return "\n".join(lines)
+
+
+def _encoder_params(model: SoundscapeVAE) -> int:
+    return (
+        parameter_count(model.pre)
+        + parameter_count(model.encoder_stacks)
+        + parameter_count(model.bottleneck.to_posterior)
+    )
