@@ -334,7 +334,7 @@ def site_species(rng: np.random.Generator, degradation: float) -> dict[str, list
 
 
 LABEL_COLUMNS = (
-    "site", "habitat", "degradation", "recorder", "recorder_model", "start_time", "hour",
+    "site", "habitat", "degradation", "recorder", "recorder_model", "recorded_at", "hour",
     "diel_period", "day_night", "birds", "insects", "frogs", "rain", "wind", "traffic",
     "aircraft", "species",
 )  # fmt: skip
@@ -404,7 +404,7 @@ def simulate_survey(
                             "degradation": f"{degradation:.2f}",
                             "recorder": recorder,
                             "recorder_model": model.name,
-                            "start_time": start.isoformat(),
+                            "recorded_at": start.isoformat(),
                             "hour": f"{hour:g}",
                             "diel_period": diel_period(hour),
                             "day_night": "night" if is_night(hour) else "day",

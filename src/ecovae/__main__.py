@@ -1,0 +1,3 @@
+from ecovae.cli import main
+
+main()

@@ -1,0 +1,65 @@
+"""Shared fixtures: the real recordings in ../shared/data and small real audio files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ECOVAE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "MANIFEST.csv").is_file():
+        pytest.skip(f"real recordings not found at {SHARED_DATA} (set ECOVAE_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def manifest(shared_data):
+    import pandas as pd
+
+    return pd.read_csv(shared_data / "MANIFEST.csv")
+
+
+def write_tone(path: Path, seconds: float, sr: int = 48_000, channels: int = 1, subtype: str = "PCM_16",
+               freq: float = 3000.0, seed: int = 0) -> Path:
+    """A real WAV file: a tone plus noise (something a recorder could have captured)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(len(t))
+    if channels > 1:
+        x = np.stack([x * (0.5 + 0.5 * c / channels) for c in range(channels)], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, x.astype(np.float32), sr, subtype=subtype)
+    return path
+
+
+@pytest.fixture(scope="session")
+def untrained_run(tmp_path_factory) -> Path:
+    """A run folder (config.json + model.safetensors) holding an untrained tiny model."""
+    from dataclasses import asdict
+
+    from ecovae.model import SoundscapeVAE, preset
+    from ecovae.spectrogram import SpectrogramConfig
+    from ecovae.train import CONFIG_FILE, save_weights, train_preset, write_json
+
+    run = tmp_path_factory.mktemp("untrained_run")
+    cfg = preset("tiny")
+    import torch
+
+    torch.manual_seed(0)
+    model = SoundscapeVAE(cfg)
+    model.input_mean.fill_(-8.0)
+    model.input_std.fill_(2.0)
+    save_weights(model, run)
+    write_json(
+        run / CONFIG_FILE,
+        {"model": cfg.to_dict(), "spectrogram": SpectrogramConfig().to_dict(), "train": asdict(train_preset("tiny"))},
+    )
+    return run
