@@ -51,6 +51,7 @@ class Recording:
     n_samples: int  # per channel, as the header says
     start_time: datetime | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    truncated: str | None = None  # why the file seems cut short (it is read as far as it goes)
 
     @property
     def duration_s(self) -> float:
@@ -181,6 +182,7 @@ def open_recording(path: Path, root: Path, labels: dict[str, str] | None = None)
         raise BadAudio(path, "no audio samples")
     rel = path.relative_to(root).as_posix()
     return Recording(
+        truncated=_truncation(info.extra_info),
         path=path,
         relpath=rel,
         sample_rate=int(info.samplerate),
@@ -238,6 +240,18 @@ def read_audio(rec: Recording, target_rate: int = 48_000) -> np.ndarray:
     """The whole recording as mono float32 at ``target_rate`` (for short files and tests)."""
     blocks = list(iter_blocks(rec, target_rate))
     return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+
+
+# libsndfile's log of a WAV whose data chunk is shorter than its header says.
+_DATA_SHORT = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def _truncation(extra_info: str) -> str | None:
+    match = _DATA_SHORT.search(extra_info or "")
+    if match and int(match.group(2)) < int(match.group(1)):
+        declared, present = int(match.group(1)), int(match.group(2))
+        return f"data chunk cut short: header says {declared} bytes, file holds {present}"
+    return None
 
 
 def _short(e: Exception) -> str:

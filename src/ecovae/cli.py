@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -62,19 +62,19 @@ def simulate(
 def train(
     recordings: Annotated[Path, typer.Argument(help="Folder of recordings (searched recursively).")],
     out: Annotated[Path, typer.Option("--out", help="Run folder to create (or resume).")],
-    labels: Annotated[Optional[Path], typer.Option(help="CSV with a 'path' column and label columns.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="CSV with a 'path' column and label columns.")] = None,
     preset: Preset = "full",
-    max_steps: Annotated[Optional[int], typer.Option(help="Optimisation steps in total.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Training windows per step.")] = None,
-    window_frames: Annotated[Optional[int], typer.Option(help="Frames (1.536 s each) per training window.")] = None,
-    learning_rate: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, cosine decay).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for the split, initialisation and sampling.")] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Steps between checkpoints.")] = None,
-    val_every: Annotated[Optional[int], typer.Option(help="Steps between validations.")] = None,
-    num_workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes.")] = None,
-    accelerator: Annotated[Optional[str], typer.Option(help="Lightning accelerator: auto, cpu, gpu, ...")] = None,
-    devices: Annotated[Optional[str], typer.Option(help="Lightning devices: auto, 1, 2, ...")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="Lightning precision: 32-true, bf16-mixed, 16-mixed.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimisation steps in total.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training windows per step.")] = None,
+    window_frames: Annotated[int | None, typer.Option(help="Frames (1.536 s each) per training window.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW, cosine decay).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for the split, initialisation and sampling.")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
+    val_every: Annotated[int | None, typer.Option(help="Steps between validations.")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="Lightning accelerator: auto, cpu, gpu, ...")] = None,
+    devices: Annotated[str | None, typer.Option(help="Lightning devices: auto, 1, 2, ...")] = None,
+    precision: Annotated[str | None, typer.Option(help="Lightning precision: 32-true, bf16-mixed, 16-mixed.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose")] = False,
@@ -118,7 +118,7 @@ def encode(
     recordings: Annotated[Path, typer.Argument(help="Folder of recordings (searched recursively).")],
     model: Annotated[Path, typer.Option("--model", help="Run folder made by 'ecovae train'.")],
     out: Annotated[Path, typer.Option("--out", help="Parquet file to write (resumes if interrupted).")],
-    labels: Annotated[Optional[Path], typer.Option(help="CSV with a 'path' column and label columns.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="CSV with a 'path' column and label columns.")] = None,
     batch_size: Annotated[int, typer.Option(help="Clips per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, ...")] = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,

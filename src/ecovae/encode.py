@@ -273,9 +273,11 @@ def encode(
             if meta["silent"].any():
                 summary.silent_files.append(rel)
             promised = expected_frames(rec, spec)
-            if table.num_rows < promised:
-                reason = f"header promises {promised} frames, audio gave {table.num_rows}"
-                log.warning("truncated %s: %s", path, reason)
+            reason = rec.truncated or (
+                f"header promises {promised} frames, audio gave {table.num_rows}" if table.num_rows < promised else None
+            )
+            if reason:
+                log.warning("truncated %s: %s (encoded as far as it goes)", path, reason)
                 summary.truncated_files[rel] = reason
             if buffered >= rows_per_part:
                 flush()
