@@ -63,3 +63,31 @@ def untrained_run(tmp_path_factory) -> Path:
         {"model": cfg.to_dict(), "spectrogram": SpectrogramConfig().to_dict(), "train": asdict(train_preset("tiny"))},
     )
     return run
+
+
+@pytest.fixture(scope="session")
+def shared_run(shared_data, tmp_path_factory):
+    """A tiny model trained 300 steps on the real recordings, with its manifest."""
+    from ecovae.train import train, train_preset
+
+    run = tmp_path_factory.mktemp("shared_run")
+    manifest = train(shared_data, run, train_preset("tiny", max_steps=300), labels_csv=shared_data / "MANIFEST.csv",
+                     progress=False)  # fmt: skip
+    return run, manifest
+
+
+@pytest.fixture(scope="session")
+def simulated(tmp_path_factory):
+    """A simulated survey (fixed seed), a tiny model trained on it, and its latents."""
+    from ecovae.encode import encode
+    from ecovae.simulate import simulate_survey
+    from ecovae.train import train, train_preset
+
+    base = tmp_path_factory.mktemp("simulated")
+    survey = base / "survey"
+    simulate_survey(survey, n_sites=4, recorders_per_site=2, hours=(0.0, 5.5, 7.0, 12.0, 18.0, 21.5), duration_s=30.0, seed=0)
+    run = base / "run"
+    train(survey, run, train_preset("tiny", max_steps=300), progress=False)
+    latents = base / "latents.parquet"
+    encode(survey, run, latents, progress=False)
+    return survey, run, latents

@@ -39,24 +39,16 @@ def test_windows_stay_inside_one_clip():
     assert all(x.shape == (1, 384, 64) and x.unique().numel() == 1 for x in ds)
 
 
-@pytest.fixture(scope="module")
-def trained_run(shared_data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    manifest = train(shared_data, run, train_preset("tiny", max_steps=300), labels_csv=shared_data / "MANIFEST.csv",
-                     progress=False)  # fmt: skip
-    return run, manifest
-
-
-def test_tiny_model_lowers_heldout_negative_elbo_on_real_data(trained_run):
-    _, manifest = trained_run
+def test_tiny_model_lowers_heldout_negative_elbo_on_real_data(shared_run):
+    _, manifest = shared_run
     initial, final = manifest["heldout"]["initial"], manifest["heldout"]["final"]
     assert final["neg_elbo"] < 0.5 * initial["neg_elbo"]
     assert final["mse"] < 0.5 * initial["mse"]
     assert manifest["global_step"] == 300
 
 
-def test_run_folder_is_complete_and_loads_without_pickle(trained_run, manifest):
-    run, info = trained_run
+def test_run_folder_is_complete_and_loads_without_pickle(shared_run, manifest):
+    run, _ = shared_run
     assert {p.name for p in run.iterdir()} >= {"config.json", "model.safetensors", "metrics.csv", "run.json", "checkpoints"}
     saved = json.loads((run / "run.json").read_text())
     assert saved["seed"] == 0 and saved["versions"]["torch"].startswith("2.13")

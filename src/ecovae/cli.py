@@ -14,7 +14,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Learned soundscape representations with a convolutional VAE: simulate, train, encode.",
+    help="Learned soundscape representations with a convolutional VAE: simulate, train, encode, evaluate, interpret, report.",
 )
 
 Preset = Annotated[str, typer.Option(help="Model size: 'full' (MODEL.md's default) or 'tiny' (tests, CPU demos).")]
@@ -135,6 +135,202 @@ def encode(
     typer.echo("\n".join(summary.lines()))
 
 
+Latents = Annotated[Path, typer.Argument(help="Parquet file made by 'ecovae encode'.")]
+
+
+def _recordings_root(run_dir: Path, given: Path | None) -> Path:
+    """Where the audio is: --recordings, else the folder the run was trained on."""
+    if given is not None:
+        return given
+    import json
+
+    recordings = json.loads((run_dir / "run.json").read_text()).get("recordings") if (run_dir / "run.json").is_file() else None
+    if not recordings or not Path(recordings).is_dir():
+        _fail(f"cannot find the recordings of {run_dir}; pass --recordings")
+    return Path(recordings)
+
+
+@app.command()
+def describe(
+    latents: Latents,
+    out: Annotated[Path, typer.Option("--out", help="Parquet file of descriptors.")],
+    kind: Annotated[str, typer.Option(help="mean (of mu), moments (mixture mean and variance) or mixture (samples).")] = "moments",
+    samples: Annotated[int, typer.Option(help="Samples per recording for --kind mixture.")] = 64,
+    seed: int = 0,
+) -> None:
+    """Soundscape descriptors: one row per recording (or per mixture sample), with its labels."""
+    from ecovae.descriptors import describe as make_descriptors
+    from ecovae.descriptors import group_recordings, read_latents
+
+    try:
+        table = make_descriptors(group_recordings(read_latents(latents)), kind, samples, seed)
+    except ValueError as e:
+        _fail(str(e))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out, index=False)
+    typer.echo(f"wrote {len(table)} rows of {kind} descriptors to {out}")
+
+
+@app.command()
+def evaluate(
+    latents: Latents,
+    target: Annotated[str, typer.Option(help="Label column to classify (site, habitat, day_night, ...).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics, confusion matrices and predictions.")],
+    group: Annotated[str | None, typer.Option(help="Label column whose values never straddle a split (default: the recording).")] = None,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds (fewer if a class has fewer groups).")] = 5,
+    recorder: Annotated[str | None, typer.Option(help="Recorder label column: also run the hardware check (needs --model).")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="Run folder (for the hardware check).")] = None,
+    recordings: Annotated[Path | None, typer.Option(help="Audio folder (default: the run's).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Labels CSV of the recordings (for the hardware check).")] = None,
+    seed: int = 0,
+) -> None:
+    """Cross-validated classification from every descriptor kind, with metrics and confusion matrices."""
+    _setup_logging(False)
+    from ecovae.descriptors import group_recordings, read_latents
+    from ecovae.evaluate import evaluate_descriptors, write_evaluation
+
+    try:
+        ev = evaluate_descriptors(group_recordings(read_latents(latents)), target, group, n_splits=folds, seed=seed)
+    except ValueError as e:
+        _fail(str(e))
+    write_evaluation(ev, out, latents)
+    _print_evaluation(ev)
+    if recorder:
+        if model is None:
+            _fail("the hardware check (--recorder) needs --model RUN/")
+        _hardware(model, _recordings_root(model, recordings), labels, recorder, target, out, seed)
+    typer.echo(f"evaluation in {out}/ (metrics.csv, per_fold.csv, per_class.csv, confusion_*.png, predictions.parquet)")
+
+
+def _print_evaluation(ev) -> None:
+    typer.echo(f"{ev.target}: {ev.n_recordings} recordings, {ev.n_folds} folds grouped by {ev.group}; "
+               f"chance balanced accuracy {ev.chance['balanced_accuracy']:.3f}")  # fmt: skip
+    for r in ev.summary.itertuples():
+        typer.echo(f"  {r.descriptor:>8} {r.classifier:>6}: balanced accuracy {r.balanced_accuracy:.3f}  "
+                   f"macro-F1 {r.macro_f1:.3f}  ROC-AUC {r.roc_auc:.3f}")  # fmt: skip
+
+
+def _hardware(run_dir: Path, root: Path, labels: Path | None, recorder: str, target: str, out: Path, seed: int) -> None:
+    import json
+
+    from ecovae.hardware import hardware_check
+    from ecovae.train import load_model
+
+    model, spec = load_model(run_dir)
+    try:
+        result = hardware_check(model, spec, root, labels, recorder, target, seed=seed)
+    except ValueError as e:
+        _fail(str(e))
+    (out / "hardware.json").write_text(json.dumps(result, indent=2) + "\n")
+    r, t = result["recorder_balanced_accuracy"], result["target_balanced_accuracy"]
+    typer.echo(f"hardware check: {recorder} predictable at {r['without']:.3f} -> {r['with']:.3f} with correction; "
+               f"{target} {t['without']:.3f} -> {t['with']:.3f}")  # fmt: skip
+
+
+@app.command()
+def interpret(
+    latents: Latents,
+    model: Annotated[Path, typer.Option("--model", help="Run folder made by 'ecovae train'.")],
+    target: Annotated[str, typer.Option(help="Label column the classifier separates.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the figures and interpretation.json.")],
+    recordings: Annotated[Path | None, typer.Option(help="Audio folder (default: the run's).")] = None,
+    recording: Annotated[str | None, typer.Option(help="Recording (relative path) for the saliency map.")] = None,
+    classes: Annotated[str | None, typer.Option(help="Two classes for the boundary walk, 'A,B' (default: the two commonest).")] = None,
+    seed: int = 0,
+) -> None:
+    """Reconstructions, saliency maps, a walk across the decision boundary, and latent projections."""
+    _setup_logging(False)
+    import json
+
+    from ecovae.descriptors import group_recordings, read_latents
+    from ecovae.interpret import interpret as run_interpretation
+    from ecovae.train import load_model
+
+    vae, spec = load_model(model)
+    run_info = json.loads((model / "run.json").read_text()) if (model / "run.json").is_file() else {}
+    pair = tuple(classes.split(",")) if classes else None
+    if pair is not None and len(pair) != 2:
+        _fail("--classes takes two classes, 'A,B'")
+    try:
+        info = run_interpretation(group_recordings(read_latents(latents)), vae, spec, _recordings_root(model, recordings),
+                                  target, out, run_info, recording, pair, seed)  # fmt: skip
+    except ValueError as e:
+        _fail(str(e))
+    walk = info["boundary_walk"]
+    typer.echo(f"boundary walk {walk['from']} -> {walk['to']}: p = " + " ".join(f"{p:.2f}" for p in walk["probabilities"]))
+    typer.echo(f"figures in {out}/ (saliency.png, boundary_walk.png, reconstruction_*.png, projection_*.png)")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder.")],
+    eval_dir: Annotated[Path, typer.Argument(help="Evaluation folder (evaluate / interpret --out).")],
+    out: Annotated[Path, typer.Option("--out", help="HTML file to write.")] = Path("report.html"),
+) -> None:
+    """One self-contained HTML report (and methods.json beside it)."""
+    from ecovae.report import write_report
+
+    path = write_report(run_dir, eval_dir, out)
+    typer.echo(f"report: {path} (methods card also in {path.with_name('methods.json')})")
+
+
+@app.command()
+def run(
+    recordings: Annotated[Path, typer.Argument(help="Folder of recordings.")],
+    target: Annotated[str, typer.Option(help="Label column to classify.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for everything.")],
+    labels: Annotated[Path | None, typer.Option(help="Labels CSV ('path' + label columns).")] = None,
+    group: Annotated[str | None, typer.Option(help="Label column for grouped folds (default: recording).")] = None,
+    recorder: Annotated[str | None, typer.Option(help="Recorder label column for the hardware check.")] = None,
+    preset: Preset = "full",
+    max_steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
+    seed: int = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Train, encode, evaluate, interpret and report, in one go (resumes where it stopped)."""
+    _setup_logging(False)
+    _pipeline(recordings, out, labels, target, group, recorder, preset, max_steps, seed, quiet)
+
+
+def _pipeline(recordings: Path, out: Path, labels: Path | None, target: str, group: str | None,
+              recorder: str | None, preset: str, max_steps: int | None, seed: int, quiet: bool) -> Path:  # fmt: skip
+    import json
+
+    from ecovae.descriptors import group_recordings, read_latents
+    from ecovae.encode import encode as run_encoding
+    from ecovae.evaluate import evaluate_descriptors, write_evaluation
+    from ecovae.interpret import interpret as run_interpretation
+    from ecovae.report import write_report
+    from ecovae.train import load_model, train_preset
+    from ecovae.train import train as run_training
+
+    run_dir, latents, eval_dir = out / "run", out / "latents.parquet", out / "eval"
+    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    typer.echo(f"[train] {run_dir}/" + (" (resuming)" if resume else ""))
+    try:
+        manifest = run_training(recordings, run_dir, train_preset(preset, max_steps=max_steps, seed=seed),
+                                labels_csv=labels, resume=resume, progress=not quiet)  # fmt: skip
+        _print_training(run_dir, manifest)
+        typer.echo(f"[encode] {latents}")
+        typer.echo("\n".join(run_encoding(recordings, run_dir, latents, labels, progress=not quiet).lines()))
+        recs = group_recordings(read_latents(latents))
+        typer.echo(f"[evaluate] {eval_dir}/")
+        ev = evaluate_descriptors(recs, target, group, seed=seed)
+        write_evaluation(ev, eval_dir, latents)
+        _print_evaluation(ev)
+        if recorder:
+            _hardware(run_dir, recordings, labels, recorder, target, eval_dir, seed)
+        typer.echo(f"[interpret] {eval_dir}/")
+        model, spec = load_model(run_dir)
+        run_interpretation(recs, model, spec, recordings, target, eval_dir,
+                           json.loads((run_dir / "run.json").read_text()), seed=seed)  # fmt: skip
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
+        _fail(str(e))
+    path = write_report(run_dir, eval_dir, out / "report.html")
+    typer.echo(f"[report] {path}")
+    return path
+
+
 @app.command("model-summary")
 def model_summary(
     preset: Preset = "full",
@@ -162,30 +358,22 @@ def quickstart(
     seed: Annotated[int, typer.Option(help="Seed for the survey and the training.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Simulate a small survey, train a tiny model on it, encode it: the whole pipeline in minutes."""
+    """Simulate a small survey and run the whole pipeline on it (tiny model): a report in minutes."""
     _setup_logging(False)
-    from ecovae.encode import encode as run_encoding
     from ecovae.simulate import simulate_survey
-    from ecovae.train import train as run_training
-    from ecovae.train import train_preset
 
     t0 = time.time()
-    survey, run, latents = out / "survey", out / "run", out / "latents.parquet"
+    survey = out / "survey"
     if (survey / "labels.csv").is_file():
-        typer.echo(f"[1/3] survey already in {survey}/")
+        typer.echo(f"[simulate] survey already in {survey}/")
     else:
-        typer.echo(f"[1/3] simulating a survey in {survey}/ ...")
+        typer.echo(f"[simulate] a survey of 4 sites x 2 recorders x 6 times of day in {survey}/")
         simulate_survey(survey, seed=seed)
-    resume = (run / "checkpoints" / "last.ckpt").is_file()
-    typer.echo(f"[2/3] training a tiny model for {steps} steps in {run}/ {'(resuming)' if resume else ''}...")
-    manifest = run_training(
-        survey, run, train_preset("tiny", max_steps=steps, seed=seed), resume=resume, progress=not quiet
+    report_path = _pipeline(survey, out, None, "site", None, "recorder_model", "tiny", steps, seed, quiet)
+    typer.echo(
+        f"\ndone in {time.time() - t0:.0f} s. Open {report_path} in a browser; the latents:\n"
+        f"  python -c \"import pandas as pd; print(pd.read_parquet('{out / 'latents.parquet'}'))\""
     )
-    _print_training(run, manifest)
-    typer.echo(f"[3/3] encoding the survey to {latents} ...")
-    summary = run_encoding(survey, run, latents, progress=not quiet)
-    typer.echo("\n".join(summary.lines()))
-    typer.echo(f"\ndone in {time.time() - t0:.0f} s. Try:\n  python -c \"import pandas as pd; print(pd.read_parquet('{latents}'))\"")
 
 
 def main() -> None:  # python -m ecovae

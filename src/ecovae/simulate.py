@@ -359,6 +359,7 @@ def simulate_survey(
     seed: int = 0,
     start_date: datetime = datetime(2024, 5, 1),
     workers: int | None = None,
+    recorder_models: tuple[RecorderModel, ...] = RECORDER_MODELS,
 ) -> Path:
     """Write a survey of WAV files as SITE/RECORDER/YYYYMMDD_HHMMSS.WAV plus labels.csv.
 
@@ -378,7 +379,7 @@ def simulate_survey(
         species_names = ";".join(x.name for kind in ("birds", "insects", "frogs") for x in species[kind])
         file_seqs = iter(file_seqs)
         for r in range(recorders_per_site):
-            model = RECORDER_MODELS[r % len(RECORDER_MODELS)]
+            model = recorder_models[r % len(recorder_models)]
             recorder = f"{site}-{model.name}-{r + 1}"
             for d in range(days):
                 for hour in hours:

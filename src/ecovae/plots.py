@@ -1,0 +1,126 @@
+"""Figures (matplotlib, written as PNG): confusion matrices, spectrograms, saliency, walks, projections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ecovae.spectrogram import SpectrogramConfig, mel_frequencies  # noqa: E402
+
+SPEC = SpectrogramConfig()
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -> Path:
+    """Counts in each cell, colour by the row-normalised rate."""
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    size = 1.6 + 0.55 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.6 else "black")  # fmt: skip
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="row-normalised")
+    return _save(fig, path)
+
+
+def _spec_axes(ax, spec: np.ndarray, title: str, cmap: str = "magma", **kw):
+    """A (hops, mels) array drawn with time in seconds and mel-bin centre frequencies in Hz."""
+    seconds = spec.shape[0] * SPEC.hop_length / SPEC.sample_rate
+    im = ax.imshow(spec.T, origin="lower", aspect="auto", cmap=cmap, extent=[0, seconds, 0, spec.shape[1]], **kw)
+    freqs = mel_frequencies(SPEC)
+    ticks = np.linspace(0, spec.shape[1] - 1, 5).astype(int)
+    ax.set_yticks(ticks + 0.5, [f"{freqs[t] / 1000:.1f}k" for t in ticks])
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("frequency (Hz)")
+    ax.set_title(title, fontsize=9)
+    return im
+
+
+def reconstruction(x: np.ndarray, recon: np.ndarray, title: str, path: Path) -> Path:
+    """Input, reconstruction and error side by side."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.2))
+    lo, hi = np.percentile(x, [1, 99.5])
+    for ax, arr, name in zip(axes[:2], (x, recon), ("input log-mel", "reconstruction"), strict=True):
+        fig.colorbar(_spec_axes(ax, arr, name, vmin=lo, vmax=hi), ax=ax)
+    err = recon - x
+    lim = np.percentile(np.abs(err), 99)
+    fig.colorbar(_spec_axes(axes[2], err, "error (reconstruction - input)", cmap="RdBu_r", vmin=-lim, vmax=lim), ax=axes[2])
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def saliency(x: np.ndarray, maps: dict[str, np.ndarray], title: str, path: Path) -> Path:
+    """The spectrogram, then each attribution map over it (red raises the class score, blue lowers it)."""
+    fig, axes = plt.subplots(1 + len(maps), 1, figsize=(12, 2.6 * (1 + len(maps))))
+    fig.colorbar(_spec_axes(axes[0], x, "input log-mel"), ax=axes[0])
+    for ax, (name, m) in zip(axes[1:], maps.items(), strict=True):
+        lim = np.percentile(np.abs(m), 99.5) or 1.0
+        _spec_axes(ax, x, name, cmap="gray")
+        seconds = m.shape[0] * SPEC.hop_length / SPEC.sample_rate
+        im = ax.imshow(m.T, origin="lower", aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, alpha=0.75,
+                       extent=[0, seconds, 0, m.shape[1]])  # fmt: skip
+        fig.colorbar(im, ax=ax, label="attribution")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def boundary_walk(specs: list[np.ndarray], probs: list[float], steps: list[float], title: str, class_b: str,
+                  path: Path) -> Path:  # fmt: skip
+    """Decoded spectrograms along the walk, each with the classifier's probability of ``class_b``."""
+    n = len(specs)
+    fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 3.4), sharey=True)
+    lo, hi = np.percentile(np.concatenate(specs), [1, 99.5])
+    for i, (ax, s) in enumerate(zip(np.atleast_1d(axes), specs, strict=True)):
+        _spec_axes(ax, s, f"step {steps[i]:+.1f}\np({class_b})={probs[i]:.2f}", vmin=lo, vmax=hi)
+        if i:
+            ax.set_ylabel("")
+        ax.set_xlabel("s")
+    fig.suptitle(title, fontsize=10, y=1.08)
+    return _save(fig, path)
+
+
+def projection(coords: np.ndarray, labels, title: str, path: Path) -> Path:
+    labels = np.asarray(labels).astype(str)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for c in sorted(set(labels)):
+        m = labels == c
+        ax.scatter(coords[m, 0], coords[m, 1], s=14, label=c, alpha=0.8)
+    ax.legend(fontsize=7, markerscale=1.2, loc="best")
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _save(fig, path)
+
+
+def training_curves(metrics, path: Path) -> Path:
+    """Negative ELBO, reconstruction and KL by step, training and validation."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.2))
+    for ax, key in zip(axes, ("neg_elbo", "recon_nll", "kl"), strict=True):
+        for split, style in (("train", "-"), ("val", "o-")):
+            col = f"{split}/{key}"
+            if col in metrics:
+                d = metrics.dropna(subset=[col])
+                ax.plot(d["step"], d[col], style, label=split, ms=3)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(key.replace("_", " "), fontsize=10)
+        ax.legend()
+    return _save(fig, path)

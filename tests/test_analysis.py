@@ -1,0 +1,186 @@
+"""After training: descriptors, grouped classification, hardware correction, interpretation and the report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import make_pipeline
+
+from ecovae.descriptors import (
+    MixtureMoments,
+    MixtureSampleClassifier,
+    Recordings,
+    TimeAveraged,
+    describe,
+    group_recordings,
+    read_latents,
+    sample_mixture,
+)
+from ecovae.encode import encode
+from ecovae.evaluate import evaluate_descriptors, make_folds, write_evaluation
+from ecovae.hardware import RecorderOffsets, hardware_check
+from ecovae.interpret import boundary_walk, first_clip, fit_linear, interpret, saliency_maps
+from ecovae.report import write_report
+from ecovae.simulate import RecorderModel, simulate_survey
+from ecovae.train import load_model
+
+
+def test_mixture_moments_match_samples_from_the_mixture():
+    rng = np.random.default_rng(0)
+    mu = np.r_[rng.normal(-2, 0.3, (50, 3)), rng.normal(3, 0.3, (30, 3))].astype(np.float32)
+    logvar = np.full_like(mu, np.log(0.5))
+    rec = np.concatenate([mu, logvar], 1)
+    moments = MixtureMoments().fit_transform([rec])[0]
+    draws = sample_mixture(rec, 200_000, rng)
+    np.testing.assert_allclose(moments[:3], draws.mean(0), atol=0.03)
+    np.testing.assert_allclose(moments[3:], draws.var(0), rtol=0.02)
+    np.testing.assert_allclose(TimeAveraged().fit_transform([rec])[0], mu.mean(0), rtol=1e-6)
+
+
+def _designed_sites(n_per_site: int = 12, frames: int = 40, dim: int = 4, seed: int = 0) -> Recordings:
+    """Two sites with the same time-averaged latent: at A a source is on in alternate frames
+    (periodic, bimodal), at B it is always half on. Only the mixture sees the difference."""
+    rng = np.random.default_rng(seed)
+    recs, rows = [], []
+    for site in ("A", "B"):
+        for i in range(n_per_site):
+            level = np.tile([0.0, 2.0], frames // 2) if site == "A" else np.full(frames, 1.0)
+            mu = rng.normal(0, 0.15, (frames, dim)).astype(np.float32)
+            mu[:, 0] += level + rng.normal(0, 0.2)  # recording-level jitter of the mean
+            logvar = np.full((frames, dim), np.log(0.05), np.float32)
+            recs.append(np.concatenate([mu, logvar], 1))
+            rows.append({"path": f"{site}/{i}.wav", "site": site})
+    return Recordings(recs, pd.DataFrame(rows), dim)
+
+
+def test_mixture_separates_sites_that_differ_only_in_temporal_structure():
+    recs = _designed_sites()
+    ev = evaluate_descriptors(recs, "site", kinds=("mean", "moments", "mixture"), seed=0)
+    acc = ev.summary.set_index(["descriptor", "classifier"])["balanced_accuracy"]
+    assert acc["mean"].max() < 0.75  # time-averaged: indistinguishable to either classifier
+    assert acc[("moments", "logreg")] > 0.85 and acc[("moments", "rf")] > 0.9
+    # Samples of a bimodal vs a unimodal mixture: a forest separates them; a linear rule on one sample cannot.
+    assert acc[("mixture", "rf")] > 0.9
+
+
+def test_descriptors_compose_with_sklearn():
+    recs = _designed_sites(n_per_site=8)
+    y = recs.meta["site"].to_numpy()
+    pipe = make_pipeline(MixtureMoments(), LogisticRegression(max_iter=2000))
+    assert cross_val_score(pipe, recs.frames, y, cv=4).mean() > 0.9
+    clf = MixtureSampleClassifier(LogisticRegression(max_iter=2000), n_samples=16).fit(recs.frames, y)
+    proba = clf.predict_proba(recs.frames)
+    assert proba.shape == (16, 2) and np.allclose(proba.sum(1), 1)
+    table = describe(recs, "mixture", n_samples=5)
+    assert len(table) == 16 * 5 and {"site", "sample", "z_000"} <= set(table.columns)
+
+
+def test_folds_never_split_a_group():
+    meta = pd.DataFrame({"path": [f"{i}.wav" for i in range(40)], "site": ["a", "b"] * 20,
+                         "recorder": [f"r{i // 4}" for i in range(40)]})  # fmt: skip
+    folds, keep = make_folds(meta, "site", "recorder", n_splits=5)
+    for tr, te in folds.splits:
+        assert set(folds.groups[tr]).isdisjoint(folds.groups[te])
+
+
+def test_site_classification_on_a_simulated_survey(simulated, tmp_path):
+    _, _, latents = simulated
+    recs = group_recordings(read_latents(latents))
+    ev = evaluate_descriptors(recs, "site", seed=0)
+    write_evaluation(ev, tmp_path, latents)
+    moments = ev.summary[(ev.summary.descriptor == "moments") & (ev.summary.classifier == "logreg")].iloc[0]
+    assert moments["balanced_accuracy"] > ev.chance["balanced_accuracy"] + 0.15
+    for cm in ev.confusion.values():
+        assert cm.sum() == ev.n_recordings == 48
+    counts = pd.read_csv(tmp_path / "confusion_moments_logreg.csv", index_col=0)
+    assert counts.to_numpy().sum() == 48 and list(counts.index) == ev.classes
+    assert (tmp_path / "confusion_moments_logreg.png").stat().st_size > 1000
+    per_class = pd.read_csv(tmp_path / "per_class.csv")
+    assert set(per_class["class"]) == set(ev.classes)
+
+
+def test_day_vs_night_on_the_jura_series(shared_data, shared_run, tmp_path):
+    run, _ = shared_run
+    latents = tmp_path / "latents.parquet"
+    encode(shared_data, run, latents, labels_csv=shared_data / "MANIFEST.csv", progress=False)
+    frames = read_latents(latents)
+    jura = group_recordings(frames[frames["path"].str.startswith("maad_jura_diel/")])
+    assert len(jura.meta) == 96
+    ev = evaluate_descriptors(jura, "day_night", seed=0)
+    best = ev.summary["balanced_accuracy"].max()
+    assert best > 0.7, ev.summary
+    assert ev.summary.set_index(["descriptor", "classifier"]).loc[("moments", "logreg"), "roc_auc"] > 0.75
+
+
+def test_hardware_correction_lowers_recorder_predictability(untrained_run, tmp_path):
+    # Two recorder models far apart in response, one of each at every site, recording around midday
+    # (so that the soundscape varies less than the hardware does).
+    models = (RecorderModel("bright", 100, 3000, 10.0, 20000, -90), RecorderModel("dull", 400, 3000, -10.0, 4000, -90))
+    simulate_survey(tmp_path, n_sites=4, recorders_per_site=2, hours=(10.0, 11.0, 12.0, 13.0), duration_s=8.0,
+                    seed=1, recorder_models=models)  # fmt: skip
+    model, spec = load_model(untrained_run)
+    result = hardware_check(model, spec, tmp_path, None, "recorder_model", "site", seed=0)
+    acc = result["recorder_balanced_accuracy"]
+    assert acc["without"] > 0.85
+    assert acc["with"] < acc["without"] - 0.25
+    assert set(result["offsets"]) == {"bright", "dull"}
+
+
+def test_recorder_offsets_are_fitted_on_what_they_are_given():
+    rng = np.random.default_rng(0)
+    spectra = rng.normal(0, 0.1, (20, 8)) + np.r_[np.ones((10, 1)), -np.ones((10, 1))]
+    recorders = ["a"] * 10 + ["b"] * 10
+    corr = RecorderOffsets().fit(spectra, recorders)
+    np.testing.assert_allclose(corr.offset("a"), 1.0, atol=0.1)
+    fixed = corr.transform(spectra, recorders)
+    assert abs(fixed[:10].mean() - fixed[10:].mean()) < 0.05
+    assert np.all(corr.offset("unknown") == 0)
+
+
+def test_saliency_and_boundary_walk(simulated):
+    survey, run, latents = simulated
+    model, spec = load_model(run)
+    recs = group_recordings(read_latents(latents))
+    z = TimeAveraged().fit_transform(recs.frames)
+    y = recs.meta["site"].astype(str).to_numpy()
+    x = first_clip(survey / recs.meta["path"][0], survey, spec, max_frames=4)
+    maps = saliency_maps(model, x, fit_linear(z, y, "site2"), ig_steps=8)
+    for m in maps.values():
+        assert m.shape == tuple(x.shape) and np.isfinite(m).all() and np.abs(m).sum() > 0
+    walk = boundary_walk(model, z, y, "site1", "site4")
+    p = np.array(walk.probabilities)
+    assert np.all(np.diff(p) > 0) and p[0] < 0.5 < p[-1]
+    assert all(s.shape == (192, 64) and np.isfinite(s).all() for s in walk.spectrograms)
+
+
+def test_report_escapes_names_and_has_every_section(simulated, tmp_path):
+    survey, run, _ = simulated
+    copy = tmp_path / "survey"
+    shutil.copytree(survey, copy)
+    evil = copy / "<script>alert(1)<" / "script>.wav"  # relative path: <script>alert(1)</script>.wav
+    evil.parent.mkdir()
+    evil.write_bytes(b"")
+    latents = tmp_path / "latents.parquet"
+    summary = encode(copy, run, latents, progress=False)
+    assert "<script>alert(1)</script>.wav" in summary.skipped
+    recs = group_recordings(read_latents(latents))
+    eval_dir = tmp_path / "eval"
+    write_evaluation(evaluate_descriptors(recs, "site", seed=0), eval_dir, latents)
+    model, spec = load_model(run)
+    interpret(recs, model, spec, copy, "site", eval_dir, json.loads((run / "run.json").read_text()))
+    html = write_report(run, eval_dir, tmp_path / "report.html").read_text()
+    assert "<script>alert(1)" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;.wav" in html
+    for section in ("Data", "Training", "Reconstruction", "Classification", "Saliency", "Boundary walk",
+                    "Projections", "Hardware", "Methods card"):  # fmt: skip
+        assert f">{section}" in html
+    assert html.count("data:image/png;base64,") >= 10
+    methods = json.loads((tmp_path / "methods.json").read_text())
+    assert {"Data", "Preprocessing", "Architecture", "Training", "Randomness", "Splits", "Evaluation",
+            "Post-processing", "Code and outputs", "Software and hardware"} <= set(methods)  # fmt: skip
+    assert "AdamW" in methods["Training"]["optimiser"]
