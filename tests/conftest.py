@@ -43,26 +43,10 @@ def write_tone(path: Path, seconds: float, sr: int = 48_000, channels: int = 1, 
 @pytest.fixture(scope="session")
 def untrained_run(tmp_path_factory) -> Path:
     """A run folder (config.json + model.safetensors) holding an untrained tiny model."""
-    from dataclasses import asdict
+    from ecovae.model import preset
+    from ecovae.train import init_run, train_preset
 
-    from ecovae.model import SoundscapeVAE, preset
-    from ecovae.spectrogram import SpectrogramConfig
-    from ecovae.train import CONFIG_FILE, save_weights, train_preset, write_json
-
-    run = tmp_path_factory.mktemp("untrained_run")
-    cfg = preset("tiny")
-    import torch
-
-    torch.manual_seed(0)
-    model = SoundscapeVAE(cfg)
-    model.input_mean.fill_(-8.0)
-    model.input_std.fill_(2.0)
-    save_weights(model, run)
-    write_json(
-        run / CONFIG_FILE,
-        {"model": cfg.to_dict(), "spectrogram": SpectrogramConfig().to_dict(), "train": asdict(train_preset("tiny"))},
-    )
-    return run
+    return init_run(tmp_path_factory.mktemp("untrained_run"), preset("tiny"), train_preset("tiny"))
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -40,12 +41,22 @@ def test_errors_name_the_problem(tmp_path):
 
 def test_quickstart_end_to_end(tmp_path):
     out = tmp_path / "qs"
-    result = runner.invoke(app, ["quickstart", "--out", str(out), "--steps", "20", "--quiet"])
+    result = runner.invoke(app, ["quickstart", "--out", str(out), "--steps", "20", "--duration", "12", "--sites", "3",
+                                 "--hours", "0,6,12,18", "--quiet"])  # fmt: skip
     assert result.exit_code == 0, result.output
     labels = pd.read_csv(out / "survey" / "labels.csv")
     df = pd.read_parquet(out / "latents.parquet")
     assert set(df["path"]) == set(labels["path"])
-    assert len(df) == len(labels) * 39  # 60 s recordings: one whole clip each
+    assert len(df) == len(labels) * 7  # 12 s recordings: 7 whole frames of 1.536 s each
     assert {"site", "recorder_model", "diel_period"} <= set(df.columns)
     assert (out / "run" / "model.safetensors").is_file()
     assert "held-out negative ELBO" in result.output
+    html = (out / "report.html").read_text()
+    assert "Methods card" in html and "balanced accuracy" in html
+    # curves, reconstructions, confusion matrices, saliency, walk, projections: all embedded
+    assert html.count("data:image/png;base64,") >= 15
+    interpretation = json.loads((out / "eval" / "interpretation.json").read_text())
+    assert interpretation["saliency"]["finite"] and interpretation["reconstruction"]["frames"] > 0
+    metrics = pd.read_csv(out / "eval" / "metrics.csv")
+    assert {"mean", "moments", "mixture", "indices", "logmel"} <= set(metrics["descriptor"])
+    assert (out / "eval" / "hardware.json").is_file() and (out / "methods.json").is_file()

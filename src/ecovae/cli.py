@@ -121,6 +121,9 @@ def encode(
     labels: Annotated[Path | None, typer.Option(help="CSV with a 'path' column and label columns.")] = None,
     batch_size: Annotated[int, typer.Option(help="Clips per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, ...")] = "cpu",
+    correct_hardware: Annotated[
+        str | None, typer.Option(help="Label column of the recorder: remove each recorder's log-mel offset first.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose")] = False,
 ) -> None:
@@ -129,19 +132,31 @@ def encode(
     from ecovae.encode import encode as run_encoding
 
     try:
-        summary = run_encoding(recordings, model, out, labels, batch_size, device, progress=not quiet)
+        offsets = None
+        if correct_hardware:
+            from ecovae.hardware import fit_survey_offsets
+            from ecovae.train import load_model
+
+            fitted = fit_survey_offsets(recordings, labels, correct_hardware, load_model(model)[1])
+            offsets = fitted.offsets_
+            typer.echo(f"hardware correction by {correct_hardware}: offsets for {sorted(offsets)}")
+        summary = run_encoding(recordings, model, out, labels, batch_size, device, progress=not quiet,
+                               offsets=offsets, offset_column=correct_hardware)  # fmt: skip
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         _fail(str(e))
     typer.echo("\n".join(summary.lines()))
 
 
+BASELINE_DEFAULT = "indices,logmel,birdnet"  # BirdNET only where its extra is installed
 Latents = Annotated[Path, typer.Argument(help="Parquet file made by 'ecovae encode'.")]
 
 
-def _recordings_root(run_dir: Path, given: Path | None) -> Path:
+def _recordings_root(run_dir: Path | None, given: Path | None) -> Path:
     """Where the audio is: --recordings, else the folder the run was trained on."""
     if given is not None:
         return given
+    if run_dir is None:
+        _fail("pass --recordings DIR")
     import json
 
     recordings = json.loads((run_dir / "run.json").read_text()).get("recordings") if (run_dir / "run.json").is_file() else None
@@ -182,15 +197,22 @@ def evaluate(
     model: Annotated[Path | None, typer.Option("--model", help="Run folder (for the hardware check).")] = None,
     recordings: Annotated[Path | None, typer.Option(help="Audio folder (default: the run's).")] = None,
     labels: Annotated[Path | None, typer.Option(help="Labels CSV of the recordings (for the hardware check).")] = None,
+    baselines: Annotated[str, typer.Option(help="Baseline feature sets scored beside (needs the audio: --model or --recordings); '' for none.")] = BASELINE_DEFAULT,
     seed: int = 0,
 ) -> None:
-    """Cross-validated classification from every descriptor kind, with metrics and confusion matrices."""
+    """Cross-validated classification from every descriptor kind (and baselines), with metrics and confusion matrices."""
     _setup_logging(False)
     from ecovae.descriptors import group_recordings, read_latents
     from ecovae.evaluate import evaluate_descriptors, write_evaluation
 
+    recs = group_recordings(read_latents(latents))
+    features = None
+    if baselines and (model is not None or recordings is not None):
+        features = _baselines(_recordings_root(model, recordings), recs, baselines)
+    elif baselines:
+        typer.echo("baselines skipped: pass --model RUN/ or --recordings DIR so the audio can be read")
     try:
-        ev = evaluate_descriptors(group_recordings(read_latents(latents)), target, group, n_splits=folds, seed=seed)
+        ev = evaluate_descriptors(recs, target, group, n_splits=folds, seed=seed, features=features)
     except ValueError as e:
         _fail(str(e))
     write_evaluation(ev, out, latents)
@@ -200,6 +222,20 @@ def evaluate(
             _fail("the hardware check (--recorder) needs --model RUN/")
         _hardware(model, _recordings_root(model, recordings), labels, recorder, target, out, seed)
     typer.echo(f"evaluation in {out}/ (metrics.csv, per_fold.csv, per_class.csv, confusion_*.png, predictions.parquet)")
+
+
+def _baselines(root: Path, recs, names: str) -> dict:
+    from ecovae import birdnet
+    from ecovae.baselines import BASELINES, baseline_features
+
+    kinds = [k.strip() for k in names.split(",") if k.strip()]
+    unknown = set(kinds) - set(BASELINES)
+    if unknown:
+        _fail(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
+    if "birdnet" in kinds and not birdnet.available():
+        typer.echo("BirdNET baseline skipped: install the extra, pip install 'ecovae[birdnet]'")
+    typer.echo(f"baseline features ({', '.join(kinds)}) for {len(recs.meta)} recordings ...")
+    return baseline_features(root, recs.meta["path"].tolist(), kinds)
 
 
 def _print_evaluation(ev) -> None:
@@ -315,7 +351,8 @@ def _pipeline(recordings: Path, out: Path, labels: Path | None, target: str, gro
         typer.echo("\n".join(run_encoding(recordings, run_dir, latents, labels, progress=not quiet).lines()))
         recs = group_recordings(read_latents(latents))
         typer.echo(f"[evaluate] {eval_dir}/")
-        ev = evaluate_descriptors(recs, target, group, seed=seed)
+        features = _baselines(recordings, recs, BASELINE_DEFAULT)
+        ev = evaluate_descriptors(recs, target, group, seed=seed, features=features)
         write_evaluation(ev, eval_dir, latents)
         _print_evaluation(ev)
         if recorder:
@@ -355,6 +392,9 @@ def quickstart(
         "ecovae-quickstart"
     ),
     steps: Annotated[int, typer.Option(help="Training steps of the tiny model.")] = 300,
+    duration: Annotated[float, typer.Option(help="Seconds per simulated recording.")] = 60.0,
+    sites: Annotated[int, typer.Option(help="Simulated sites.")] = 4,
+    hours: Annotated[str, typer.Option(help="Recording start hours, comma-separated.")] = "0,5.5,7,12,18,21.5",
     seed: Annotated[int, typer.Option(help="Seed for the survey and the training.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
@@ -367,8 +407,9 @@ def quickstart(
     if (survey / "labels.csv").is_file():
         typer.echo(f"[simulate] survey already in {survey}/")
     else:
-        typer.echo(f"[simulate] a survey of 4 sites x 2 recorders x 6 times of day in {survey}/")
-        simulate_survey(survey, seed=seed)
+        hour_list = tuple(float(h) for h in hours.split(",") if h.strip())
+        typer.echo(f"[simulate] a survey of {sites} sites x 2 recorders x {len(hour_list)} times of day in {survey}/")
+        simulate_survey(survey, n_sites=sites, hours=hour_list, seed=seed, duration_s=duration)
     report_path = _pipeline(survey, out, None, "site", None, "recorder_model", "tiny", steps, seed, quiet)
     typer.echo(
         f"\ndone in {time.time() - t0:.0f} s. Open {report_path} in a browser; the latents:\n"

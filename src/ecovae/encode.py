@@ -117,14 +117,19 @@ def _weights_digest(run_dir: Path) -> str:
 
 @torch.inference_mode()
 def encode_recording(
-    model: SoundscapeVAE, rec: Recording, spec: SpectrogramConfig, batch_size: int = 8, device: str = "cpu"
+    model: SoundscapeVAE, rec: Recording, spec: SpectrogramConfig, batch_size: int = 8, device: str = "cpu",
+    offset: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Per-frame metadata, mu and log var (frames, latent_dim) of one recording."""
+    """Per-frame metadata, mu and log var (frames, latent_dim) of one recording.
+
+    ``offset`` (mels,) is subtracted from the log-mel first: a hardware correction.
+    """
+    shift = None if offset is None else torch.as_tensor(offset, dtype=torch.float32)
     clip_idx, frame_idx, silent, mus, logvars = [], [], [], [], []
     pending: list = []
 
     def run(clips) -> None:
-        x = torch.stack([c.logmel for c in clips]).unsqueeze(1).to(device)  # (B, 1, hops, mels)
+        x = torch.stack([c.logmel if shift is None else c.logmel - shift for c in clips]).unsqueeze(1).to(device)
         mu, logvar = model.encode(x)  # (B, frames, D)
         for c, m, lv in zip(clips, mu.float().cpu().numpy(), logvar.float().cpu().numpy(), strict=True):
             clip_idx.append(np.full(c.n_frames, c.index, np.int32))
@@ -205,8 +210,15 @@ def encode(
     device: str = "cpu",
     rows_per_part: int = 20_000,
     progress: bool = True,
+    offsets: dict[str, np.ndarray] | None = None,
+    offset_column: str | None = None,
 ) -> EncodeSummary:
-    """Encode every recording under ``recordings`` with the model of ``run_dir`` into ``out``."""
+    """Encode every recording under ``recordings`` with the model of ``run_dir`` into ``out``.
+
+    With ``offsets`` (label value -> (mels,) log-mel offset) and ``offset_column``
+    (the label holding the recorder), each file's recorder offset is removed
+    before encoding (see ``ecovae.hardware``).
+    """
     from ecovae.progress import file_progress
     from ecovae.train import load_model
 
@@ -219,15 +231,24 @@ def encode(
     summary = EncodeSummary(out=str(out), files_found=len(files))
 
     partial = out.with_name(out.name + ".partial")
-    identity = {"weights": _weights_digest(run_dir), "schema": schema.to_string()}
-    if partial.exists():
-        previous = json.loads((partial / "identity.json").read_text()) if (partial / "identity.json").is_file() else None
-        if previous != identity:
-            raise RuntimeError(
-                f"{partial} holds an interrupted run with another model or labels; delete it or choose another --out"
-            )
+    identity = {
+        "weights": _weights_digest(run_dir),
+        "schema": schema.to_string(),
+        "offsets": {k: np.round(np.asarray(v, float), 6).tolist() for k, v in (offsets or {}).items()},
+        "offset_column": offset_column,
+    }
+    identity_file = partial / "identity.json"
+    if identity_file.is_file() and json.loads(identity_file.read_text()) != identity:
+        raise RuntimeError(
+            f"{partial} holds an interrupted run with another model, labels or correction; "
+            "delete it or choose another --out"
+        )
+    if partial.exists() and not identity_file.is_file() and any(partial.glob("part-*.parquet")):
+        raise RuntimeError(f"{partial} holds parts of unknown origin; delete it or choose another --out")
     partial.mkdir(parents=True, exist_ok=True)
-    (partial / "identity.json").write_text(json.dumps(identity))
+    tmp_identity = identity_file.with_name("identity.json.tmp")
+    tmp_identity.write_text(json.dumps(identity))
+    os.replace(tmp_identity, identity_file)
     for tmp in partial.glob("*.tmp"):
         tmp.unlink()  # a part that was being written when the run stopped
     if out.exists() and pq.read_schema(out) != schema:
@@ -258,7 +279,8 @@ def encode(
             rel = path.relative_to(base).as_posix()
             try:
                 rec = open_recording(path, root, labels.get(rel, {}))
-                meta, mu, logvar = encode_recording(model, rec, spec, batch_size, device)
+                offset = (offsets or {}).get(str(rec.labels.get(offset_column))) if offset_column else None
+                meta, mu, logvar = encode_recording(model, rec, spec, batch_size, device, offset)
             except BadAudio as e:
                 log.warning("skipped %s", e)
                 summary.skipped[rel] = e.reason

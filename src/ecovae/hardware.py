@@ -24,7 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from ecovae.audio import BadAudio, discover, open_recording
 from ecovae.descriptors import MixtureMoments
 from ecovae.model import SoundscapeVAE
-from ecovae.spectrogram import SpectrogramConfig, iter_clips
+from ecovae.spectrogram import SpectrogramConfig, iter_clips, mean_logmel
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,27 @@ class RecorderOffsets(TransformerMixin, BaseEstimator):
 
     def transform(self, spectra: np.ndarray, recorders) -> np.ndarray:
         return spectra - np.stack([self.offset(r) for r in np.asarray(recorders).astype(str)])
+
+
+def fit_survey_offsets(root: Path, labels_csv: Path | None, column: str, spec: SpectrogramConfig) -> RecorderOffsets:
+    """Recorder offsets from every readable recording of a survey (for ``ecovae encode --correct-hardware``)."""
+    files, columns, labels = discover(root, labels_csv)
+    if column not in columns:
+        raise ValueError(f"no label column {column!r} to correct by; the labels have {columns}")
+    spectra, recorders = [], []
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        try:
+            m = mean_logmel(open_recording(path, root), spec)
+        except BadAudio as e:
+            log.warning("skipped %s", e)
+            continue
+        if m is not None and labels.get(rel, {}).get(column):
+            spectra.append(m)
+            recorders.append(labels[rel][column])
+    if not spectra:
+        raise ValueError(f"no readable recording has a {column!r} label")
+    return RecorderOffsets().fit(np.stack(spectra), recorders)
 
 
 def survey_spectra(root: Path, labels_csv: Path | None, spec: SpectrogramConfig):

@@ -94,7 +94,7 @@ def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None)
         "Post-processing": {
             "descriptors": "time-averaged mean of mu; mixture moments (mean, variance); mixture samples (32 per recording, "
                            "probabilities averaged)",
-            "classifiers": "logistic regression (standardised, class-balanced), random forest (300 trees, class-balanced)",
+            "classifiers": "logistic regression (standardised, class-balanced), random forest (200 trees, class-balanced)",
             "interpretation": "integrated gradients and gradient x input (Captum) of the linear score; boundary walks along the "
                               "hyperplane normal; PCA and UMAP" if interp else "not run",
             "hardware correction": f"per-{hw['recorder_column']} log-mel offset removed before encoding, fitted on training folds"

@@ -236,6 +236,25 @@ def write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def init_run(run_dir: Path | str, mcfg: VAEConfig, tcfg: TrainConfig | None = None, seed: int = 0) -> Path:
+    """A run folder holding an untrained model (config.json and model.safetensors).
+
+    For benchmarks and tests: throughput does not depend on the weights. The input
+    normalisation is set to typical log-mel values.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = SoundscapeVAE(mcfg)
+    model.input_mean.fill_(-8.0)
+    model.input_std.fill_(2.0)
+    save_weights(model, run_dir)
+    spec = SpectrogramConfig()
+    config = {"model": mcfg.to_dict(), "spectrogram": spec.to_dict(), "train": asdict(tcfg or TrainConfig())}
+    write_json(run_dir / CONFIG_FILE, config)
+    return run_dir
+
+
 def load_model(run_dir: Path | str, map_location: str = "cpu") -> tuple[SoundscapeVAE, SpectrogramConfig]:
     """The trained model of a run folder, from JSON and safetensors only (no pickle)."""
     from safetensors.torch import load_file

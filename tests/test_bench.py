@@ -1,0 +1,30 @@
+"""The benchmark scripts run end to end in smoke mode (seconds of audio), so they cannot rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.mark.parametrize("script", ["encode_throughput.py", "train_throughput.py", "peak_memory.py"])
+def test_benchmark_smoke(script, shared_data, tmp_path):
+    out = tmp_path / "result.json"
+    done = subprocess.run([sys.executable, str(BENCH / script), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=BENCH)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["benchmark"] and result["hardware"]["cpu_count"] >= 1
+    if script == "encode_throughput.py":
+        e2e = result["end_to_end"][0]
+        assert e2e["frames"] == 19 and e2e["end_to_end_rtf"] > 0 and e2e["overhead_ratio"] > 0
+        assert all("cosine_mu_vs_fp32" in v or "error" in v for v in result["variants"])
+    elif script == "train_throughput.py":
+        assert result["rows"][0]["frames_per_s"] > 0
+    else:
+        assert [r["frames"] for r in result["rows"]] == [9, 39]
