@@ -40,12 +40,17 @@ def _clip_audio(rec: Recording, spec: SpectrogramConfig):
         yield buffer
 
 
-def acoustic_indices(rec: Recording, spec: SpectrogramConfig = SpectrogramConfig()) -> pd.Series | None:
-    """scikit-maad's temporal and spectral alpha indices, averaged over clips."""
+def acoustic_indices(rec: Recording, spec: SpectrogramConfig = SpectrogramConfig(),
+                     max_seconds: float | None = None) -> pd.Series | None:  # fmt: skip
+    """scikit-maad's temporal and spectral alpha indices, averaged over clips (of the first ``max_seconds``)."""
     from maad import features, sound
 
     rows = []
-    for audio in _clip_audio(rec, spec):
+    for i, audio in enumerate(_clip_audio(rec, spec)):
+        if max_seconds is not None:
+            audio = audio[: max(0, int((max_seconds - i * spec.clip_seconds) * spec.sample_rate))]
+            if len(audio) < spec.frame_samples:
+                break
         x = audio.astype(np.float64)
         fs = spec.sample_rate
         with warnings.catch_warnings():
@@ -71,8 +76,13 @@ FEATURES = {"indices": acoustic_indices, "logmel": mean_logmel, "birdnet": birdn
 
 
 def baseline_features(root: Path | str, paths: list[str], kinds=("indices", "logmel"),
-                      spec: SpectrogramConfig = SpectrogramConfig()) -> dict[str, np.ndarray]:  # fmt: skip
-    """name -> (len(paths), k) array, rows in the order of ``paths``; NaN rows for unreadable files."""
+                      spec: SpectrogramConfig = SpectrogramConfig(),
+                      indices_seconds: float | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """name -> (len(paths), k) array, rows in the order of ``paths``; NaN rows for unreadable files.
+
+    ``indices_seconds`` limits the acoustic indices to the first seconds of each
+    recording (scikit-maad's region-of-interest indices cost about 0.1 s per second of audio).
+    """
     from ecovae import birdnet
 
     root = Path(root)
@@ -82,7 +92,8 @@ def baseline_features(root: Path | str, paths: list[str], kinds=("indices", "log
         try:
             rec = open_recording(root / rel, root)
             for k in kinds:
-                columns[k].append(FEATURES[k](rec, spec))
+                limit = {"max_seconds": indices_seconds} if k == "indices" else {}
+                columns[k].append(FEATURES[k](rec, spec, **limit))
         except BadAudio as e:
             log.warning("baselines: skipped %s", e)
             for k in kinds:

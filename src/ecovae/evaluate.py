@@ -187,7 +187,18 @@ def evaluate_descriptors(
     )  # fmt: skip
 
 
-def write_evaluation(ev: Evaluation, out: Path | str, latents: Path | str | None = None) -> Path:
+FEATURE_SETS = {
+    "mean": "VAE: time-averaged mean of mu per recording",
+    "moments": "VAE: mixture of the frame posteriors, its mean and variance per dimension",
+    "mixture": "VAE: 32 samples per recording from the mixture; probabilities averaged over samples",
+    "indices": "scikit-maad temporal and spectral alpha acoustic indices, averaged over clips",
+    "logmel": "mean log-mel spectrum (no learning)",
+    "birdnet": "BirdNET 2.4 embeddings (1024-d per 3 s window), averaged",
+}
+
+
+def write_evaluation(ev: Evaluation, out: Path | str, latents: Path | str | None = None,
+                     notes: dict[str, str] | None = None) -> Path:  # fmt: skip
     """metrics.csv, per_fold.csv, per_class.csv, predictions.parquet, confusion_*.csv/png, evaluation.json."""
     from ecovae import plots
 
@@ -209,7 +220,8 @@ def write_evaluation(ev: Evaluation, out: Path | str, latents: Path | str | None
         images[f"{kind}/{clf}"] = f"{stem}.png"
     info = {
         "latents": str(Path(latents).resolve()) if latents else None, "target": ev.target, "group": ev.group, "classes": ev.classes, "n_recordings": ev.n_recordings,
-        "n_folds": ev.n_folds, "chance": ev.chance, "dropped_classes": ev.dropped, "confusion_images": images,
+        "n_folds": ev.n_folds, "chance": ev.chance,
+        "feature_sets": {k: FEATURE_SETS.get(k, k) + (notes or {}).get(k, "") for k in ev.summary["descriptor"].unique()}, "dropped_classes": ev.dropped, "confusion_images": images,
         "best": ev.summary.sort_values("balanced_accuracy", ascending=False).iloc[0][
             ["descriptor", "classifier", "balanced_accuracy"]].to_dict(),
     }  # fmt: skip
