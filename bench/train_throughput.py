@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     ap.add_argument("--presets", nargs="+", default=["tiny", "full"])
+    ap.add_argument("--full-batch", type=int, default=2, help="windows per step for the full preset (its default 8 needs ~10 GB and minutes per step on a CPU)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -60,7 +61,9 @@ def main() -> None:
         flops_frame = sum(s.flops for s in stages)
         encoder_flops = sum(s.flops for s in stages[: 2 + len(cfg.stack_channels) + 2])
         batch, frames = (2, 2) if args.smoke else (tcfg.batch_size, tcfg.window_frames)
-        steps = 2 if args.smoke else (20 if name == "tiny" else 3)
+        if name == "full" and not args.smoke:
+            batch = args.full_batch
+        steps = 2 if args.smoke else (20 if name == "tiny" else 2)
         sps = steps_per_second(model, batch, frames, args.device, steps, args.precision == "bf16-mixed")
         fps = sps * batch * frames
         rows.append({"preset": name, "batch": batch, "window_frames": frames, "steps_per_s": sps, "frames_per_s": fps,

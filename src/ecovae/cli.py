@@ -395,7 +395,7 @@ def quickstart(
         "ecovae-quickstart"
     ),
     steps: Annotated[int, typer.Option(help="Training steps of the tiny model.")] = 300,
-    duration: Annotated[float, typer.Option(help="Seconds per simulated recording.")] = 60.0,
+    duration: Annotated[float, typer.Option(help="Seconds per simulated recording.")] = 30.0,
     sites: Annotated[int, typer.Option(help="Simulated sites.")] = 4,
     hours: Annotated[str, typer.Option(help="Recording start hours, comma-separated.")] = "0,5.5,7,12,18,21.5",
     seed: Annotated[int, typer.Option(help="Seed for the survey and the training.")] = 0,
@@ -413,8 +413,8 @@ def quickstart(
         hour_list = tuple(float(h) for h in hours.split(",") if h.strip())
         typer.echo(f"[simulate] a survey of {sites} sites x 2 recorders x {len(hour_list)} times of day in {survey}/")
         simulate_survey(survey, n_sites=sites, hours=hour_list, seed=seed, duration_s=duration)
-    # A demo: the acoustic indices (slow) on the first 15 s of each recording only.
-    report_path = _pipeline(survey, out, None, "site", None, "recorder_model", "tiny", steps, seed, quiet, 15.0)
+    # A demo in minutes: the acoustic indices (slow) on the first 10 s of each recording only.
+    report_path = _pipeline(survey, out, None, "site", None, "recorder_model", "tiny", steps, seed, quiet, 10.0)
     typer.echo(
         f"\ndone in {time.time() - t0:.0f} s. Open {report_path} in a browser; the latents:\n"
         f"  python -c \"import pandas as pd; print(pd.read_parquet('{out / 'latents.parquet'}'))\""

@@ -130,6 +130,7 @@ def encode_recording(
 
     def run(clips) -> None:
         x = torch.stack([c.logmel if shift is None else c.logmel - shift for c in clips]).unsqueeze(1).to(device)
+        x = x.contiguous(memory_format=torch.channels_last)  # faster convolutions on CPU (bench/README.md)
         mu, logvar = model.encode(x)  # (B, frames, D)
         for c, m, lv in zip(clips, mu.float().cpu().numpy(), logvar.float().cpu().numpy(), strict=True):
             clip_idx.append(np.full(c.n_frames, c.index, np.int32))
@@ -225,7 +226,7 @@ def encode(
     t0 = time.time()
     root, run_dir, out = Path(recordings), Path(run_dir), Path(out)
     model, spec = load_model(run_dir)
-    model = model.to(device)
+    model = model.to(device, memory_format=torch.channels_last)
     files, label_cols, labels = discover(root, labels_csv)
     schema = latents_schema(label_cols, model.cfg.latent_dim)
     summary = EncodeSummary(out=str(out), files_found=len(files))

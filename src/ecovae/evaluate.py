@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 def classifiers(seed: int = 0) -> dict:
     return {
         "logreg": make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, class_weight="balanced")),
-        "rf": RandomForestClassifier(n_estimators=200, class_weight="balanced", random_state=seed, n_jobs=-1),
+        "rf": RandomForestClassifier(n_estimators=200, class_weight="balanced", random_state=seed),
     }
 
 
