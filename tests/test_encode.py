@@ -32,7 +32,9 @@ def frames_for(duration_s: float) -> int:
 
 def test_one_row_per_frame_of_every_real_file(shared_data, manifest, untrained_run, tmp_path):
     out = tmp_path / "latents.parquet"
-    summary = encode(shared_data, untrained_run, out, labels_csv=shared_data / "MANIFEST.csv", progress=False)
+    summary = encode(
+        shared_data, untrained_run, out, labels_csv=shared_data / "MANIFEST.csv", progress=False
+    )
     assert summary.skipped == {} and summary.encoded == len(manifest)
 
     table = pq.read_table(out)
@@ -49,7 +51,9 @@ def test_one_row_per_frame_of_every_real_file(shared_data, manifest, untrained_r
     jura = df[df.path == "maad_jura_diel/S4A03895_20190522_061500.wav"]
     assert (jura["start_time"] == pd.Timestamp("2019-05-22 06:15:00")).all()
     assert jura["frame_time"].iloc[1] == pd.Timestamp("2019-05-22 06:15:01.536")
-    assert (jura["site_or_habitat"] == "FR-Jura").all() and (jura["source_sample_rate"] == 22_000).all()
+    assert (jura["site_or_habitat"] == "FR-Jura").all() and (
+        jura["source_sample_rate"] == 22_000
+    ).all()
     mu = df.filter(like="mu_").to_numpy()
     assert mu.shape[1] == 16 and np.isfinite(mu).all() and mu.std(0).min() > 0
 
@@ -93,11 +97,19 @@ def test_bad_inputs_beside_good_ones(shared_data, untrained_run, tmp_path):
     assert not df[df.path.str.startswith("good/")]["silent"].any()
     assert "bad/silence.wav" in summary.silent_files
     assert summary.skipped.keys() == {
-        "bad/zero.wav", "bad/text.wav", "bad/header_cut.wav", "bad/nan.wav", "bad/inf.wav", "bad/one_second.wav"
+        "bad/zero.wav",
+        "bad/text.wav",
+        "bad/header_cut.wav",
+        "bad/nan.wav",
+        "bad/inf.wav",
+        "bad/one_second.wav",
     }
     assert "empty" in summary.skipped["bad/zero.wav"]
     assert "not readable" in summary.skipped["bad/text.wav"]
-    assert "non-finite" in summary.skipped["bad/nan.wav"] and "non-finite" in summary.skipped["bad/inf.wav"]
+    assert (
+        "non-finite" in summary.skipped["bad/nan.wav"]
+        and "non-finite" in summary.skipped["bad/inf.wav"]
+    )
     assert "shorter than one frame" in summary.skipped["bad/one_second.wav"]
     # the file cut in its data is encoded as far as it goes, and flagged
     assert 0 < counts.get("bad/data_cut.wav", 0) < frames_for(20.0)
@@ -109,7 +121,12 @@ def test_bad_inputs_beside_good_ones(shared_data, untrained_run, tmp_path):
 
 def _make_survey(root: Path, n: int) -> None:
     for i in range(n):
-        write_tone(root / f"site{i % 3}" / f"2024050{1 + i % 5}_0{i % 10}0000.WAV", 6.0 + i % 4, freq=500 + 300 * i, seed=i)
+        write_tone(
+            root / f"site{i % 3}" / f"2024050{1 + i % 5}_0{i % 10}0000.WAV",
+            6.0 + i % 4,
+            freq=500 + 300 * i,
+            seed=i,
+        )
 
 
 def test_killed_encoding_resumes_to_the_same_rows(untrained_run, tmp_path):
@@ -137,7 +154,11 @@ def test_killed_encoding_resumes_to_the_same_rows(untrained_run, tmp_path):
     summary = encode(root, untrained_run, out, rows_per_part=4, progress=False)
     assert summary.already_done > 0 and summary.already_done + summary.encoded == 24
     assert not partial.exists()
-    a = pd.read_parquet(reference).sort_values(["path", "frame_in_recording"]).reset_index(drop=True)
+    a = (
+        pd.read_parquet(reference)
+        .sort_values(["path", "frame_in_recording"])
+        .reset_index(drop=True)
+    )
     b = pd.read_parquet(out).sort_values(["path", "frame_in_recording"]).reset_index(drop=True)
     assert len(b) == len(a) and not b.duplicated(["path", "frame_in_recording"]).any()
     pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-5, rtol=1e-4)
@@ -149,3 +170,60 @@ def test_killed_encoding_resumes_to_the_same_rows(untrained_run, tmp_path):
     more = encode(root, untrained_run, out, progress=False)
     assert (more.encoded, more.already_done) == (1, 24)
     assert len(pd.read_parquet(out)) == len(a) + 2
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(["path", "frame_in_recording"]).reset_index(drop=True)
+
+
+def test_dataset_output_with_workers_equals_single_file_and_resumes_from_its_index(
+    untrained_run, tmp_path
+):
+    from ecovae.descriptors import read_latents
+    from ecovae.model import preset
+    from ecovae.train import init_run, train_preset
+
+    root = tmp_path / "survey"
+    _make_survey(root, 12)
+    single = tmp_path / "single.parquet"
+    encode(root, untrained_run, single, workers=0, progress=False)
+
+    # A folder output, decoded in 2 worker processes, small parts: the same rows, read as one table.
+    folder = tmp_path / "latents"
+    s = encode(root, untrained_run, folder, workers=2, rows_per_part=10, progress=False)
+    assert (s.encoded, s.already_done, len(s.skipped)) == (12, 0, 0)
+    parts = sorted(folder.glob("part-*.parquet"))
+    assert len(parts) > 2 and not list(folder.glob("*.tmp"))
+    a, b = _sorted(pd.read_parquet(single)), _sorted(pd.read_parquet(folder))
+    assert not b.duplicated(["path", "frame_in_recording"]).any()
+    pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-5, rtol=1e-4)
+    pd.testing.assert_frame_equal(
+        a, _sorted(read_latents(folder)), check_exact=False, atol=1e-5, rtol=1e-4
+    )
+    assert pq.read_table(folder).schema.equals(pq.read_schema(single))
+
+    # Resuming reads the parts' index, not the audio: files already done are never opened
+    # again (here they are no longer audio at all), and only the new file is encoded.
+    for wav in root.rglob("*.WAV"):
+        wav.write_bytes(b"not audio any more")
+    write_tone(root / "site9" / "20240601_000000.WAV", 5.0, seed=99)
+    again = encode(root, untrained_run, folder, progress=False)
+    assert (again.encoded, again.already_done, again.skipped) == (1, 12, {})
+    assert len(pd.read_parquet(folder)) == len(a) + frames_for(5.0)
+
+    # Another model's latents never mix with these.
+    other = init_run(tmp_path / "other_run", preset("tiny", latent_dim=8), train_preset("tiny"))
+    write_tone(root / "site9" / "20240602_000000.WAV", 5.0, seed=98)
+    try:
+        encode(root, other, folder, progress=False)
+    except RuntimeError as e:
+        assert "another" in str(e)
+    else:
+        raise AssertionError("encoding with another model into the same output was not refused")
+    same_shape = init_run(tmp_path / "reseeded_run", preset("tiny"), seed=7)
+    try:
+        encode(root, same_shape, single, progress=False)
+    except RuntimeError as e:
+        assert "another model" in str(e) and str(single) in str(e)
+    else:
+        raise AssertionError("a differently initialised model's latents were mixed into the output")

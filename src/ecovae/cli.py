@@ -117,13 +117,21 @@ def _print_training(out: Path, manifest: dict) -> None:
 def encode(
     recordings: Annotated[Path, typer.Argument(help="Folder of recordings (searched recursively).")],
     model: Annotated[Path, typer.Option("--model", help="Run folder made by 'ecovae train'.")],
-    out: Annotated[Path, typer.Option("--out", help="Parquet file to write (resumes if interrupted).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="A .parquet file, or a folder for a Parquet dataset (resumes if interrupted).")
+    ],
     labels: Annotated[Path | None, typer.Option(help="CSV with a 'path' column and label columns.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Clips per forward pass.")] = 8,
+    batch_size: Annotated[int | None, typer.Option(help="Clips per forward pass (default: 1 on CPU, 8 on GPU).")] = None,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, ...")] = "cpu",
     correct_hardware: Annotated[
         str | None, typer.Option(help="Label column of the recorder: remove each recorder's log-mel offset first.")
     ] = None,
+    engine: Annotated[str, typer.Option(help="local, or ray: a Ray cluster (pip install 'ecovae\\[distributed]').")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address; 'auto': the one this node is in (default: a new local one).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes beside the model (default: from the cores).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch threads for the model (default: the cores).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose")] = False,
 ) -> None:
@@ -141,7 +149,8 @@ def encode(
             offsets = fitted.offsets_
             typer.echo(f"hardware correction by {correct_hardware}: offsets for {sorted(offsets)}")
         summary = run_encoding(recordings, model, out, labels, batch_size, device, progress=not quiet,
-                               offsets=offsets, offset_column=correct_hardware)  # fmt: skip
+                               offsets=offsets, offset_column=correct_hardware, workers=workers, threads=threads,
+                               engine=engine, address=address)  # fmt: skip
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         _fail(str(e))
     typer.echo("\n".join(summary.lines()))
