@@ -75,6 +75,8 @@ def train(
     accelerator: Annotated[str | None, typer.Option(help="Lightning accelerator: auto, cpu, gpu, ...")] = None,
     devices: Annotated[str | None, typer.Option(help="Lightning devices: auto, 1, 2, ...")] = None,
     precision: Annotated[str | None, typer.Option(help="Lightning precision: 32-true, bf16-mixed, 16-mixed.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="Lightning strategy: auto, or ddp for several devices or nodes.")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Nodes of a distributed run (SLURM, torchrun).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose")] = False,
@@ -87,14 +89,15 @@ def train(
     given = dict(
         max_steps=max_steps, batch_size=batch_size, window_frames=window_frames, learning_rate=learning_rate,
         seed=seed, checkpoint_every=checkpoint_every, val_every=val_every, num_workers=num_workers,
-        accelerator=accelerator, devices=devices, precision=precision,
+        accelerator=accelerator, devices=devices, precision=precision, strategy=strategy, num_nodes=num_nodes,
     )  # fmt: skip
     try:
         tcfg = train_preset(preset, **given)
         manifest = run_training(recordings, out, tcfg, labels_csv=labels, resume=resume, progress=not quiet)
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
         _fail(str(e))
-    _print_training(out, manifest)
+    if manifest is not None:  # None: a later process of a distributed run; the first one reports
+        _print_training(out, manifest)
 
 
 def _print_training(out: Path, manifest: dict) -> None:

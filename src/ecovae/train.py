@@ -8,6 +8,13 @@ seed, hardware, wall time), ``checkpoints/`` (Lightning checkpoints for
 
 Recordings are split into training and validation *by recording*, never by
 frame, with the seed fixed and recorded.
+
+Several devices or nodes (``devices``, ``strategy="ddp"``, ``num_nodes``):
+every process runs this same function, Lightning's distributed sampler gives
+each process its own share of the training windows (each seen once per epoch
+across processes), and only the first process writes checkpoints, weights,
+metrics and the manifest. ``max_steps`` counts optimiser steps, each over
+``batch_size`` windows per process.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: str = "auto"
     precision: str = "32-true"
+    strategy: str = "auto"  # Lightning strategy: ddp for several devices or nodes
+    num_nodes: int = 1
 
 
 TRAIN_PRESETS = {
@@ -64,7 +73,10 @@ TRAIN_PRESETS = {
 
 
 # What a resumed run may change: where and how it runs, and for how long.
-RESUMABLE = ("max_steps", "num_workers", "accelerator", "devices", "precision", "checkpoint_every", "val_every", "log_every")
+RESUMABLE = (
+    "max_steps", "num_workers", "accelerator", "devices", "precision", "checkpoint_every", "val_every", "log_every",
+    "strategy", "num_nodes",
+)  # fmt: skip
 
 
 def train_preset(name: str, **overrides) -> TrainConfig:
@@ -188,7 +200,8 @@ def _lightning_module_class():
 
         def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
             out = self.model.loss(batch)
-            self.log_dict({f"val/{k}": v for k, v in out.items()}, batch_size=batch.shape[0])
+            # sync_dist: with several processes, each validates a share; the logged value is their mean
+            self.log_dict({f"val/{k}": v for k, v in out.items()}, batch_size=batch.shape[0], sync_dist=True)
 
         def configure_optimizers(self):
             opt = torch.optim.AdamW(
@@ -347,13 +360,15 @@ def train(
     labels_csv: Path | str | None = None,
     resume: bool = False,
     progress: bool = True,
-) -> dict:
+) -> dict | None:
     """Train a VAE on the recordings under ``recordings``; returns the run manifest.
 
     With ``resume``, the run's saved settings are used, except those in
     RESUMABLE, which are taken from ``tcfg`` (so --max-steps can extend a run).
+    In a distributed run, processes other than the first return None.
     """
     import lightning as L
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
@@ -370,9 +385,10 @@ def train(
         saved = json.loads((run_dir / CONFIG_FILE).read_text())
         mcfg = VAEConfig.from_dict(saved["model"])
         tcfg = replace(TrainConfig(**saved["train"]), **{k: getattr(tcfg, k) for k in RESUMABLE})
-    else:
+    elif rank_zero_only.rank == 0:  # (later processes of a distributed run start after the first wrote its files)
         if last_ckpt.exists():
             raise FileExistsError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
+    if not resume:
         mcfg = mcfg or preset(tcfg.preset)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -399,11 +415,12 @@ def train(
         mean, std = input_statistics(train_recs)
         module.model.input_mean.copy_(mean)
         module.model.input_std.copy_(std)
-        heldout_initial = evaluate(module.model, val_ds, seed=tcfg.seed) if len(val_ds) else None
-        write_json(
-            run_dir / CONFIG_FILE,
-            {"model": mcfg.to_dict(), "spectrogram": spec.to_dict(), "train": asdict(tcfg), "window_frames": window},
-        )
+        if rank_zero_only.rank == 0:
+            heldout_initial = evaluate(module.model, val_ds, seed=tcfg.seed) if len(val_ds) else None
+            write_json(
+                run_dir / CONFIG_FILE,
+                {"model": mcfg.to_dict(), "spectrogram": spec.to_dict(), "train": asdict(tcfg), "window_frames": window},
+            )
 
     generator = torch.Generator().manual_seed(tcfg.seed)
     loader_kw = {"batch_size": tcfg.batch_size, "num_workers": tcfg.num_workers, "persistent_workers": tcfg.num_workers > 0}
@@ -421,6 +438,8 @@ def train(
         max_epochs=-1,
         accelerator=tcfg.accelerator,
         devices=_devices(tcfg.devices),
+        num_nodes=tcfg.num_nodes,
+        strategy=tcfg.strategy,
         precision=tcfg.precision,
         logger=CSVLogger(run_dir, name="logs"),
         callbacks=[checkpoint, _export_callback_class()(run_dir)] + ([TQDMProgressBar()] if progress else []),
@@ -436,7 +455,9 @@ def train(
     trainer.fit(module, train_loader, val_loader, ckpt_path=last_ckpt if resume else None, weights_only=True)
 
     # The end state: final weights, joined metrics, held-out scores and the manifest.
-    trainer.save_checkpoint(last_ckpt, weights_only=False)
+    trainer.save_checkpoint(last_ckpt, weights_only=False)  # every process calls it; the first writes
+    if not trainer.is_global_zero:
+        return None
     model = module.model.cpu()
     save_weights(model, run_dir)
     combine_metrics(run_dir)
@@ -456,7 +477,8 @@ def train(
         "versions": package_versions(),
         "hardware": hardware_info(),
         "trainer": {"accelerator": str(trainer.accelerator.__class__.__name__), "devices": trainer.num_devices,
-                    "precision": str(trainer.precision)},  # fmt: skip
+                    "num_nodes": trainer.num_nodes, "world_size": trainer.world_size,
+                    "strategy": type(trainer.strategy).__name__, "precision": str(trainer.precision)},  # fmt: skip
         "data": {
             "files_found": data.n_files,
             "recordings_used": len(data.recordings),
