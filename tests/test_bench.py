@@ -12,7 +12,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-@pytest.mark.parametrize("script", ["encode_throughput.py", "train_throughput.py", "peak_memory.py", "encode_engines.py"])
+@pytest.mark.parametrize("script", ["encode_throughput.py", "train_throughput.py", "peak_memory.py", "encode_engines.py", "resume_index.py"])
 def test_benchmark_smoke(script, shared_data, tmp_path):
     out = tmp_path / "result.json"
     done = subprocess.run([sys.executable, str(BENCH / script), "--smoke", "--out", str(out)],
@@ -26,6 +26,8 @@ def test_benchmark_smoke(script, shared_data, tmp_path):
         assert all("cosine_mu_vs_fp32" in v or "error" in v for v in result["variants"])
     elif script == "train_throughput.py":
         assert result["rows"][0]["frames_per_s"] > 0
+    elif script == "resume_index.py":  # only the one file not yet done was opened (and found empty)
+        assert [(r["already_done"], r["skipped_now"]) for r in result["rows"]] == [(999, 1), (1999, 1)]
     elif script == "encode_engines.py":
         assert [r["files"] for r in result["rows"]] == [4, 4] and result["rows_equal"]
         assert result["max_mu_difference"] < 1e-4

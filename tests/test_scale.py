@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 CHILD = """
 import json, resource, sys
 from ecovae.encode import encode
-s = encode(sys.argv[1], sys.argv[2], sys.argv[3], progress=False)
+s = encode(sys.argv[1], sys.argv[2], sys.argv[3], progress=False, workers=int(sys.argv[4]))
 peak = max(resource.getrusage(r).ru_maxrss for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 print(json.dumps({"frames": s.frames, "skipped": len(s.skipped), "max_rss_kb": peak}))
 """
@@ -31,17 +32,18 @@ def write_long_recording(path: Path, seconds: float, rate: int = 16_000) -> Path
     return path
 
 
-def peak_encoding(folder: Path, run: Path, out: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(run), str(out)],
+def peak_encoding(folder: Path, run: Path, out: Path, workers: int) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(run), str(out), str(workers)],
                           capture_output=True, text=True, check=True)  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_peak_memory_does_not_grow_with_recording_length(untrained_run, tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])  # decoding in the model's process, or in a worker beside it
+def test_peak_memory_does_not_grow_with_recording_length(untrained_run, tmp_path, workers):
     short = peak_encoding(write_long_recording(tmp_path / "short" / "a.wav", 600).parent, untrained_run,
-                          tmp_path / "short.parquet")  # fmt: skip
+                          tmp_path / "short.parquet", workers)  # fmt: skip
     long = peak_encoding(write_long_recording(tmp_path / "long" / "a.wav", 7200).parent, untrained_run,
-                         tmp_path / "long.parquet")  # fmt: skip
+                         tmp_path / "long.parquet", workers)  # fmt: skip
     assert (short["skipped"], long["skipped"]) == (0, 0)
     assert long["frames"] > 11 * short["frames"]
     ratio = long["max_rss_kb"] / short["max_rss_kb"]

@@ -134,7 +134,7 @@ def encode(
         str | None, typer.Option(help="Ray cluster address; 'auto': the one this node is in (default: a new local one).")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Decoding processes beside the model (default: from the cores).")] = None,
-    threads: Annotated[int | None, typer.Option(help="Torch threads for the model (default: the cores).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch threads for the model (default: torch's, the physical cores).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose")] = False,
 ) -> None:

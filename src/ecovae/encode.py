@@ -131,10 +131,8 @@ try:
 except OSError:
     _LIBC = None
 
-FILES_KEY, IDENTITY_KEY = (
-    b"ecovae.files",
-    b"ecovae.identity",
-)  # Parquet footer metadata: the done-index
+# Parquet footer metadata of every part: the files in it, and what encoded them (the done-index).
+FILES_KEY, IDENTITY_KEY = b"ecovae.files", b"ecovae.identity"
 
 
 def _weights_digest(run_dir: Path) -> str:
@@ -154,17 +152,19 @@ def is_dataset(out: Path | str) -> bool:
     return Path(out).suffix != ".parquet"
 
 
-def default_loader(device: str, cpus: int | None = None) -> tuple[int, int]:
-    """(DataLoader workers, torch threads) for encoding on ``device`` with ``cpus`` cores.
+def default_workers(device: str, cpus: int | None = None) -> int:
+    """DataLoader workers that decode beside the model, for ``device`` and ``cpus`` cores.
 
-    On a CPU the model takes ~96% of the time (bench/README.md), so it keeps
-    every core and one worker per 8 cores decodes beside it; on a GPU the
-    front-end is the bottleneck, so most cores decode.
+    On a CPU the model takes ~96% of the time (bench/README.md) and keeps the
+    cores (torch's own thread count); one worker per 8 cores decodes beside it,
+    none below 8 cores: on 2 cores a worker slowed encoding by ~10% (it takes
+    turns with the model's threads) and added a process of ~470 MB. On a GPU
+    the front-end is the bottleneck, so all cores but one decode.
     """
     cpus = cpus or len(os.sched_getaffinity(0))
     if str(device).startswith("cuda"):
-        return min(8, max(1, cpus - 1)), 1
-    return (max(1, cpus // 8) if cpus >= 2 else 0), cpus
+        return min(8, max(1, cpus - 1))
+    return cpus // 8
 
 
 # --- the work: what each file becomes -------------------------------------------------
@@ -395,9 +395,8 @@ def write_part(
 ) -> Path:
     """Write one part atomically (temporary name, then rename); its footer lists ``rels``."""
     final = folder / part_name(rels)
-    tmp = (
-        tmp_dir / f"{final.name}.{uuid.uuid4().hex[:8]}.tmp"
-    )  # unique: two workers may redo the same part
+    # a unique temporary name: two workers may redo the same part at once
+    tmp = tmp_dir / f"{final.name}.{uuid.uuid4().hex[:8]}.tmp"
     meta = {
         FILES_KEY: json.dumps(rels).encode(),
         IDENTITY_KEY: json.dumps(identity, sort_keys=True).encode(),
@@ -506,7 +505,7 @@ def encode(
 
     ``batch_size`` clips per forward pass (default 1 on a CPU, the fastest there and the
     least memory; 8 on a GPU). ``workers`` DataLoader processes decode beside the model and
-    ``threads`` torch threads run it (defaults: :func:`default_loader`). ``engine="ray"``
+    ``threads`` torch threads run it (defaults: :func:`default_workers`, torch's own). ``engine="ray"``
     runs on the Ray cluster at ``address`` (a local one if None). With ``offsets`` (label
     value -> (mels,) log-mel offset) and ``offset_column`` (the label holding the
     recorder), each file's recorder offset is removed before encoding (``ecovae.hardware``).
@@ -585,9 +584,9 @@ def _encode_local(
 ) -> None:
     from ecovae.progress import file_progress
 
-    auto_workers, auto_threads = default_loader(job.device)
-    workers = auto_workers if workers is None else workers
-    torch.set_num_threads(threads or auto_threads)
+    workers = default_workers(job.device) if workers is None else workers
+    if threads:
+        torch.set_num_threads(threads)
     stream = ClipStream(tasks, job.root, spec, job.batch_size)
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=min(workers, len(tasks)), worker_init_fn=_worker_init,
