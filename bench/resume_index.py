@@ -35,9 +35,15 @@ def make_archive(root: Path, out: Path, run: Path, n: int) -> None:
     schema = latents_schema(["site", "recorder"], preset("tiny").latent_dim)
     identity = {"weights": _weights_digest(run), "offsets": {}, "offset_column": None}
     (out / "_tmp").mkdir(parents=True)
-    done = names[:-1]
-    for i in range(0, len(done), FILES_PER_PART):
-        write_part(out, out / "_tmp", [], done[i : i + FILES_PER_PART], schema, identity)
+    # each listed with its size and mtime, as encode records them: resuming stats every file
+    done = {}
+    for rel in names[:-1]:
+        st = (root / rel).stat()
+        done[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "frames": 0, "silent": False,
+                     "truncated": None, "tail_s": 0.0}  # fmt: skip
+    rels = list(done)
+    for i in range(0, len(rels), FILES_PER_PART):
+        write_part(out, out / "_tmp", [], {r: done[r] for r in rels[i : i + FILES_PER_PART]}, schema, identity)
 
 
 def main() -> None:

@@ -13,6 +13,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ECOVAE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+TRAINED_FIXTURES = {"shared_run", "simulated"}  # each trains a model: a test using one is slow
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "MANIFEST.csv").is_file():
@@ -62,7 +71,10 @@ def shared_run(shared_data, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def simulated(tmp_path_factory):
-    """A simulated survey (fixed seed), a tiny model trained on it, and its latents."""
+    """A simulated survey (fixed seed), a tiny model trained briefly on it, and its latents.
+
+    The tests that use it check what holds for any weights (the evaluation's files agree with
+    its predictions, saliency maps are finite, the report is complete), so 40 steps do."""
     from ecovae.encode import encode
     from ecovae.simulate import simulate_survey
     from ecovae.train import train, train_preset
@@ -71,7 +83,62 @@ def simulated(tmp_path_factory):
     survey = base / "survey"
     simulate_survey(survey, n_sites=4, recorders_per_site=2, hours=(0.0, 5.5, 7.0, 12.0, 18.0, 21.5), duration_s=30.0, seed=0)
     run = base / "run"
-    train(survey, run, train_preset("tiny", max_steps=300), progress=False)
+    train(survey, run, train_preset("tiny", max_steps=40, checkpoint_every=20, val_every=20), progress=False)
     latents = base / "latents.parquet"
     encode(survey, run, latents, progress=False)
     return survey, run, latents
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``mount(kb)``: a real file system of that size (tmpfs) under tmp_path, to fill up.
+
+    Needs root (mount); skipped with the reason where the machine cannot make one.
+    """
+    import subprocess
+
+    mounted = []
+
+    def mount(kb: int) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kb}k", "tmpfs", str(where)],
+                              capture_output=True, text=True)  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or 'mount failed'})")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A real read-only directory (a read-only bind mount: even root cannot write there)."""
+    import subprocess
+
+    src, where = tmp_path / "ro_src", tmp_path / "ro"
+    src.mkdir()
+    where.mkdir()
+    done = subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(where)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot make a read-only mount here ({done.stderr.strip() or 'mount failed'})")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(disk: Path, leave: int = 0) -> Path:
+    """Fill a small file system until fewer than ``leave`` bytes are free."""
+    import shutil
+
+    filler = disk / "filler"
+    with filler.open("wb") as f:
+        try:
+            while shutil.disk_usage(disk).free > leave:
+                f.write(b"\0" * min(65536, max(1, shutil.disk_usage(disk).free - leave)))
+                f.flush()
+        except OSError:
+            pass
+    return filler

@@ -18,6 +18,7 @@ PATHS = [
 ]
 
 
+@pytest.mark.slow
 def test_indices_and_mean_logmel_on_real_files(shared_data):
     feats = baseline_features(shared_data, PATHS, kinds=("indices", "logmel"))
     assert feats["logmel"].shape == (len(PATHS), 64)

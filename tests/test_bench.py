@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # seconds to a minute each: CI runs them; `-m 'not slow'` skips
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 

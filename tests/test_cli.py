@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from ecovae.cli import app
@@ -39,6 +40,7 @@ def test_errors_name_the_problem(tmp_path):
     assert result.exit_code == 2 and "unknown preset" in result.output
 
 
+@pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path):
     out = tmp_path / "qs"
     result = runner.invoke(app, ["quickstart", "--out", str(out), "--steps", "20", "--duration", "12", "--sites", "3",

@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from ecovae.encode import encode
 
 from .conftest import write_tone
+
+pytestmark = pytest.mark.slow  # seconds to a minute each: CI runs them; `-m 'not slow'` skips
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:

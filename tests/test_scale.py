@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+pytestmark = pytest.mark.slow  # seconds to a minute each: CI runs them; `-m 'not slow'` skips
+
 CHILD = """
 import json, resource, sys
 from ecovae.encode import encode
+
 s = encode(sys.argv[1], sys.argv[2], sys.argv[3], progress=False, workers=int(sys.argv[4]))
 peak = max(resource.getrusage(r).ru_maxrss for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 print(json.dumps({"frames": s.frames, "skipped": len(s.skipped), "max_rss_kb": peak}))

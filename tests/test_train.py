@@ -68,6 +68,7 @@ def test_run_folder_is_complete_and_loads_without_pickle(shared_run, manifest):
     assert model.input_std.min() > 0 and not torch.equal(model.input_mean, torch.zeros(64))
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_where_it_stopped(shared_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(shared_data / "behaviour_soundscapes", data)

@@ -6,10 +6,14 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from ecovae.model import preset
 from ecovae.train import load_model
 
 from .conftest import write_tone
+
+pytestmark = pytest.mark.slow  # seconds to a minute each: CI runs them; `-m 'not slow'` skips
 
 
 def _train(*args: str) -> subprocess.CompletedProcess:

@@ -12,6 +12,8 @@ bounded size, so a 24-hour recording costs no more memory than a 1-minute one.
 from __future__ import annotations
 
 import csv
+import logging
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
+
+log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
@@ -58,19 +62,73 @@ class Recording:
         return self.n_samples / self.sample_rate
 
 
-def find_audio_files(root: Path | str) -> list[Path]:
-    """All audio files under ``root`` (recursive), sorted by relative path."""
+def find_audio_files(root: Path | str, skipped: dict[str, str] | None = None) -> list[Path]:
+    """All audio files under ``root`` (recursive), sorted by relative path.
+
+    Links to folders are followed (a site folder linked into the survey is
+    part of it); a link back to a folder already being walked (a loop), a
+    broken link and an unreadable folder are logged and, if ``skipped`` is
+    given, entered in it (relative path -> reason). Paths keep the name they
+    were found under, not the link's target.
+    """
     root = Path(root)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
-    files = [
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() and not p.name.startswith(".")
-    ]
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+    found: list[Path] = []
+    missed: dict[str, str] = {}
+    visited: dict[tuple[int, int], str] = {}  # each folder searched once: no loops, no file twice
+
+    def walk(folder: Path) -> None:
+        try:
+            # real folders before links, so a folder linked from elsewhere keeps its own name
+            entries = sorted(os.scandir(folder), key=lambda e: (e.is_symlink(), e.name))
+        except OSError as e:
+            missed[_rel(folder, root) + "/"] = f"folder not readable ({e.strerror})"
+            return
+        for entry in entries:
+            path = folder / entry.name
+            if entry.name.startswith("."):  # hidden: .Trashes, ._AppleDouble, editor files
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows links
+                is_file = not is_dir and entry.is_file()
+            except OSError as e:
+                is_dir = is_file = False
+                if entry.name.lower().endswith(AUDIO_EXTENSIONS):
+                    missed[_rel(path, root)] = f"cannot stat ({e.strerror})"
+                continue
+            if is_dir:
+                try:
+                    key = (os.stat(path).st_dev, os.stat(path).st_ino)
+                except OSError as e:
+                    missed[_rel(path, root) + "/"] = f"folder not readable ({e.strerror})"
+                    continue
+                if key in visited:  # a link to a folder above it (a loop) or one searched already
+                    seen = visited[key] or "."
+                    missed[_rel(path, root) + "/"] = f"link to a folder searched already ({seen}/)"
+                    continue
+                visited[key] = _rel(path, root)
+                walk(path)
+            elif is_file:
+                if path.suffix.lower() in AUDIO_EXTENSIONS:
+                    found.append(path)
+            elif entry.is_symlink() and path.suffix.lower() in AUDIO_EXTENSIONS:
+                missed[_rel(path, root)] = f"broken link to {os.readlink(path)}"
+
+    top = os.stat(root)
+    visited[(top.st_dev, top.st_ino)] = ""
+    walk(root)
+    for rel, reason in missed.items():
+        log.warning("not searched: %s (%s)", rel, reason)
+    if skipped is not None:
+        skipped.update(missed)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
 
 
 # AudioMoth: 20190522_060000.WAV; Song Meter: S4A03895_20190522_060000.wav
@@ -118,15 +176,33 @@ def read_labels_csv(path: Path | str) -> tuple[list[str], dict[str, dict[str, st
     """A labels table keyed by relative path: returns (label columns, rows by path).
 
     The CSV needs a ``path`` column (relative to the recordings folder); every
-    other column is a label, kept as text.
+    other column is a label, kept as text. It must be UTF-8. A path listed
+    twice is warned about (the last row wins).
     """
     path = Path(path)
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "path" not in reader.fieldnames:
-            raise ValueError(f"{path}: a labels CSV needs a 'path' column; found {reader.fieldnames}")
-        columns = [c for c in reader.fieldnames if c != "path"]
-        rows = {Path(r["path"]).as_posix(): {c: (r[c] or "") for c in columns} for r in reader}
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "path" not in reader.fieldnames:
+                raise ValueError(f"{path}: a labels CSV needs a 'path' column; found {reader.fieldnames}")
+            columns = [c for c in reader.fieldnames if c != "path"]
+            rows: dict[str, dict[str, str]] = {}
+            duplicates: list[str] = []
+            for r in reader:
+                key = Path(r["path"] or "").as_posix()
+                if key in rows:
+                    duplicates.append(key)
+                rows[key] = {c: (r[c] or "") for c in columns}
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at position {e.start}); "
+            "save it as UTF-8 (in Excel: 'CSV UTF-8'; or iconv -f latin1 -t utf-8)"
+        ) from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the labels CSV ({e.strerror})") from None
+    if duplicates:
+        log.warning("%s: %d paths are listed more than once (the last row is used), e.g. %s",
+                    path, len(duplicates), ", ".join(sorted(set(duplicates))[:3]))  # fmt: skip
     return columns, rows
 
 
@@ -138,27 +214,39 @@ def label_columns(labels_csv: Path | str | None) -> list[str]:
 
 
 def discover(
-    root: Path | str, labels_csv: Path | str | None = None
+    root: Path | str, labels_csv: Path | str | None = None, skipped: dict[str, str] | None = None
 ) -> tuple[list[Path], list[str], dict[str, dict[str, str]]]:
     """Files under ``root``, the label columns, and labels by relative path.
 
     Labels come from ``labels_csv`` when given; else from ``root/labels.csv``
-    if present; else from the folder layout.
+    if present; else from the folder layout. Paths the CSV lists that are not
+    found, and files it does not list, are warned about with counts and
+    examples. What could not be searched goes into ``skipped`` (see
+    :func:`find_audio_files`).
     """
     root = Path(root)
     if labels_csv is None and (root / "labels.csv").is_file():
         labels_csv = root / "labels.csv"
-    files = find_audio_files(root)
+    files = find_audio_files(root, skipped)
     base = root if root.is_dir() else root.parent
+    rels = [p.relative_to(base).as_posix() for p in files]
     if labels_csv is not None:
         columns, by_path = read_labels_csv(labels_csv)
+        _warn_unmatched(labels_csv, set(by_path), set(rels), root)
     else:
         columns = ["site", "recorder"]
-        by_path = {}
-        for p in files:
-            rel = p.relative_to(base).as_posix()
-            by_path[rel] = labels_from_layout(rel)
+        by_path = {rel: labels_from_layout(rel) for rel in rels}
     return files, columns, by_path
+
+
+def _warn_unmatched(labels_csv: Path | str, listed: set[str], found: set[str], root: Path) -> None:
+    missing, unlabelled = sorted(listed - found), sorted(found - listed)
+    if missing and root.is_dir():
+        log.warning("%s: %d of %d listed paths are not audio files under %s, e.g. %s",
+                    labels_csv, len(missing), len(listed), root, ", ".join(missing[:3]))  # fmt: skip
+    if unlabelled and root.is_dir():
+        log.warning("%d of %d files under %s have no row in %s (their labels are empty), e.g. %s",
+                    len(unlabelled), len(found), root, labels_csv, ", ".join(unlabelled[:3]))  # fmt: skip
 
 
 def open_recording(path: Path, root: Path, labels: dict[str, str] | None = None) -> Recording:
@@ -170,6 +258,11 @@ def open_recording(path: Path, root: Path, labels: dict[str, str] | None = None)
         raise BadAudio(path, f"cannot stat file ({e.strerror})") from None
     if size == 0:
         raise BadAudio(path, "empty file (0 bytes)")
+    try:  # libsndfile says only "System error." when it cannot open a file: ask the OS why
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise BadAudio(path, f"cannot open file ({e.strerror})") from None
     try:
         info = sf.info(str(path))
     except Exception as e:  # libsndfile reports corrupt and non-audio files this way

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -31,9 +34,27 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg="red", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+_DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """What a user can act on becomes one line naming the file and what to do; no traceback."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in _DISK_ERRORS:
+            where = f" {e.filename}" if e.filename else ""
+            _fail(f"cannot write{where}: {e.strerror or e}. The disk is full or read-only: "
+                  "free some space, or choose another --out")  # fmt: skip
+        _fail(str(e))
+    except (ValueError, RuntimeError) as e:
+        _fail(str(e))
 
 
 @app.command()
@@ -70,6 +91,7 @@ def train(
     learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW, cosine decay).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the split, initialisation and sampling.")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
+    checkpoint_minutes: Annotated[float | None, typer.Option(help="Minutes between checkpoints (as well), default 10.")] = None,
     val_every: Annotated[int | None, typer.Option(help="Steps between validations.")] = None,
     num_workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
     accelerator: Annotated[str | None, typer.Option(help="Lightning accelerator: auto, cpu, gpu, ...")] = None,
@@ -88,14 +110,18 @@ def train(
 
     given = dict(
         max_steps=max_steps, batch_size=batch_size, window_frames=window_frames, learning_rate=learning_rate,
-        seed=seed, checkpoint_every=checkpoint_every, val_every=val_every, num_workers=num_workers,
+        seed=seed, checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, val_every=val_every,
+        num_workers=num_workers,
         accelerator=accelerator, devices=devices, precision=precision, strategy=strategy, num_nodes=num_nodes,
     )  # fmt: skip
+    from ecovae.train import TrainingStopped
+
     try:
-        tcfg = train_preset(preset, **given)
-        manifest = run_training(recordings, out, tcfg, labels_csv=labels, resume=resume, progress=not quiet)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
-        _fail(str(e))
+        with _user_errors():
+            tcfg = train_preset(preset, **given)
+            manifest = run_training(recordings, out, tcfg, labels_csv=labels, resume=resume, progress=not quiet)
+    except TrainingStopped as e:
+        _fail(str(e), code=143)  # 128 + SIGTERM: a scheduler sees the job did not finish
     if manifest is not None:  # None: a later process of a distributed run; the first one reports
         _print_training(out, manifest)
 
@@ -142,7 +168,7 @@ def encode(
     _setup_logging(verbose)
     from ecovae.encode import encode as run_encoding
 
-    try:
+    with _user_errors():
         offsets = None
         if correct_hardware:
             from ecovae.hardware import fit_survey_offsets
@@ -154,8 +180,6 @@ def encode(
         summary = run_encoding(recordings, model, out, labels, batch_size, device, progress=not quiet,
                                offsets=offsets, offset_column=correct_hardware, workers=workers, threads=threads,
                                engine=engine, address=address)  # fmt: skip
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        _fail(str(e))
     typer.echo("\n".join(summary.lines()))
 
 
@@ -189,10 +213,8 @@ def describe(
     from ecovae.descriptors import describe as make_descriptors
     from ecovae.descriptors import group_recordings, read_latents
 
-    try:
+    with _user_errors():
         table = make_descriptors(group_recordings(read_latents(latents)), kind, samples, seed)
-    except ValueError as e:
-        _fail(str(e))
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out, index=False)
     typer.echo(f"wrote {len(table)} rows of {kind} descriptors to {out}")
@@ -217,17 +239,16 @@ def evaluate(
     from ecovae.descriptors import group_recordings, read_latents
     from ecovae.evaluate import evaluate_descriptors, write_evaluation
 
-    recs = group_recordings(read_latents(latents))
+    with _user_errors():
+        recs = group_recordings(read_latents(latents))
     features = None
     if baselines and (model is not None or recordings is not None):
         features = _baselines(_recordings_root(model, recordings), recs, baselines)
     elif baselines:
         typer.echo("baselines skipped: pass --model RUN/ or --recordings DIR so the audio can be read")
-    try:
+    with _user_errors():
         ev = evaluate_descriptors(recs, target, group, n_splits=folds, seed=seed, features=features)
-    except ValueError as e:
-        _fail(str(e))
-    write_evaluation(ev, out, latents)
+        write_evaluation(ev, out, latents)
     _print_evaluation(ev)
     if recorder:
         if model is None:
@@ -295,16 +316,14 @@ def interpret(
     from ecovae.interpret import interpret as run_interpretation
     from ecovae.train import load_model
 
-    vae, spec = load_model(model)
-    run_info = json.loads((model / "run.json").read_text()) if (model / "run.json").is_file() else {}
     pair = tuple(classes.split(",")) if classes else None
     if pair is not None and len(pair) != 2:
         _fail("--classes takes two classes, 'A,B'")
-    try:
+    with _user_errors():
+        vae, spec = load_model(model)
+        run_info = json.loads((model / "run.json").read_text()) if (model / "run.json").is_file() else {}
         info = run_interpretation(group_recordings(read_latents(latents)), vae, spec, _recordings_root(model, recordings),
                                   target, out, run_info, recording, pair, seed)  # fmt: skip
-    except ValueError as e:
-        _fail(str(e))
     walk = info["boundary_walk"]
     typer.echo(f"boundary walk {walk['from']} -> {walk['to']}: p = " + " ".join(f"{p:.2f}" for p in walk["probabilities"]))
     typer.echo(f"figures in {out}/ (saliency.png, boundary_walk.png, reconstruction_*.png, projection_*.png)")
@@ -351,33 +370,35 @@ def _pipeline(recordings: Path, out: Path, labels: Path | None, target: str, gro
     from ecovae.evaluate import evaluate_descriptors, write_evaluation
     from ecovae.interpret import interpret as run_interpretation
     from ecovae.report import write_report
-    from ecovae.train import load_model, train_preset
+    from ecovae.train import TrainingStopped, load_model, train_preset
     from ecovae.train import train as run_training
 
     run_dir, latents, eval_dir = out / "run", out / "latents.parquet", out / "eval"
-    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    resume = any((run_dir / "checkpoints").glob("*.ckpt"))
     typer.echo(f"[train] {run_dir}/" + (" (resuming)" if resume else ""))
+
     try:
-        manifest = run_training(recordings, run_dir, train_preset(preset, max_steps=max_steps, seed=seed),
-                                labels_csv=labels, resume=resume, progress=not quiet)  # fmt: skip
-        _print_training(run_dir, manifest)
-        typer.echo(f"[encode] {latents}")
-        typer.echo("\n".join(run_encoding(recordings, run_dir, latents, labels, progress=not quiet).lines()))
-        recs = group_recordings(read_latents(latents))
-        typer.echo(f"[evaluate] {eval_dir}/")
-        features = _baselines(recordings, recs, BASELINE_DEFAULT, indices_seconds)
-        ev = evaluate_descriptors(recs, target, group, seed=seed, features=features)
-        notes = {"indices": f" (first {indices_seconds:g} s of each recording)"} if indices_seconds else None
-        write_evaluation(ev, eval_dir, latents, notes)
-        _print_evaluation(ev)
-        if recorder:
-            _hardware(run_dir, recordings, labels, recorder, target, eval_dir, seed)
-        typer.echo(f"[interpret] {eval_dir}/")
-        model, spec = load_model(run_dir)
-        run_interpretation(recs, model, spec, recordings, target, eval_dir,
-                           json.loads((run_dir / "run.json").read_text()), seed=seed)  # fmt: skip
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
-        _fail(str(e))
+        with _user_errors():
+            manifest = run_training(recordings, run_dir, train_preset(preset, max_steps=max_steps, seed=seed),
+                                    labels_csv=labels, resume=resume, progress=not quiet)  # fmt: skip
+            _print_training(run_dir, manifest)
+            typer.echo(f"[encode] {latents}")
+            typer.echo("\n".join(run_encoding(recordings, run_dir, latents, labels, progress=not quiet).lines()))
+            recs = group_recordings(read_latents(latents))
+            typer.echo(f"[evaluate] {eval_dir}/")
+            features = _baselines(recordings, recs, BASELINE_DEFAULT, indices_seconds)
+            ev = evaluate_descriptors(recs, target, group, seed=seed, features=features)
+            notes = {"indices": f" (first {indices_seconds:g} s of each recording)"} if indices_seconds else None
+            write_evaluation(ev, eval_dir, latents, notes)
+            _print_evaluation(ev)
+            if recorder:
+                _hardware(run_dir, recordings, labels, recorder, target, eval_dir, seed)
+            typer.echo(f"[interpret] {eval_dir}/")
+            model, spec = load_model(run_dir)
+            run_interpretation(recs, model, spec, recordings, target, eval_dir,
+                               json.loads((run_dir / "run.json").read_text()), seed=seed)  # fmt: skip
+    except TrainingStopped as e:
+        _fail(f"{e} (ecovae run resumes by itself)", code=143)
     path = write_report(run_dir, eval_dir, out / "report.html")
     typer.echo(f"[report] {path}")
     return path

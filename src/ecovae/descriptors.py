@@ -36,10 +36,26 @@ class Recordings:
 
 
 def read_latents(path) -> pd.DataFrame:
-    """The per-frame latents file written by ``ecovae encode``."""
+    """The per-frame latents written by ``ecovae encode`` (a Parquet file or dataset folder).
+
+    A missing, unreadable or empty one is an error that names it.
+    """
+    from pathlib import Path
+
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(path).to_pandas()
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such latents file or folder (make it with 'ecovae encode')")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: not a readable Parquet latents file ({e})") from None
+    if table.num_rows == 0:
+        raise ValueError(f"{path} holds no frames (0 rows): encoding skipped every file? "
+                         "see the .summary.json beside it")  # fmt: skip
+    return table.to_pandas()
 
 
 def group_recordings(frames: pd.DataFrame) -> Recordings:

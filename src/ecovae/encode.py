@@ -27,25 +27,29 @@ its header says is encoded as far as it goes and flagged.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from ecovae.audio import BadAudio, Recording, discover, open_recording
+from ecovae.audio import AUDIO_EXTENSIONS, BadAudio, Recording, discover, open_recording
 from ecovae.model import SoundscapeVAE
 from ecovae.spectrogram import SpectrogramConfig, expected_frames, iter_clips, remainder_seconds
 
@@ -93,15 +97,26 @@ def latents_schema(label_columns: list[str], latent_dim: int) -> pa.Schema:
 
 @dataclass
 class EncodeSummary:
+    """What an encoding run did, and what the whole output now holds (``<out>.summary.json``).
+
+    Flags and counts of the output come from the part footers, so they account
+    for files encoded by earlier runs too; ``skipped`` is this run's account,
+    which is the whole one: a file not in the output is tried again by every run.
+    """
+
     out: str
     files_found: int = 0
     encoded: int = 0  # files encoded in this run
-    already_done: int = 0  # files found encoded by an earlier run
+    already_done: int = 0  # files found encoded by an earlier run, unchanged since
+    changed: list[str] = field(default_factory=list)  # size or mtime changed since encoded: re-encoded
     frames: int = 0  # rows written in this run
-    silent_files: list[str] = field(default_factory=list)  # encoded, with digitally silent frames
-    truncated_files: dict[str, str] = field(default_factory=dict)  # encoded as far as readable
+    files_in_output: int = 0
+    frames_in_output: int = 0
+    no_longer_found: int = 0  # in the output, but not on disk any more (their rows are kept)
+    silent_files: list[str] = field(default_factory=list)  # in the output, with digitally silent frames
+    truncated_files: dict[str, str] = field(default_factory=dict)  # in the output, encoded as far as readable
     skipped: dict[str, str] = field(default_factory=dict)  # relpath -> reason
-    tail_seconds_not_encoded: float = 0.0  # audio after each file's last whole frame
+    tail_seconds_not_encoded: float = 0.0  # audio after each file's last whole frame (whole output)
     wall_time_s: float = 0.0
 
     @property
@@ -116,11 +131,15 @@ class EncodeSummary:
     def lines(self) -> list[str]:
         out = [
             f"files found: {self.files_found}",
-            f"encoded now: {self.encoded} ({self.frames} frames); already done: {self.already_done}",
+            f"encoded now: {self.encoded} ({self.frames} frames); already done: {self.already_done}"
+            + (f"; re-encoded because they changed: {len(self.changed)}" if self.changed else ""),
+            f"output: {self.files_in_output} files, {self.frames_in_output} frames"
+            + (f" ({self.no_longer_found} no longer found on disk, rows kept)" if self.no_longer_found else ""),
             f"flagged: {self.flagged} (silent frames: {len(self.silent_files)}, truncated: {len(self.truncated_files)})",
             f"skipped: {len(self.skipped)}",
         ]
         out += [f"  {p}: {r}" for p, r in sorted(self.skipped.items())]
+        out += [f"  changed {p}" for p in self.changed]
         out += [f"  truncated {p}: {r}" for p, r in sorted(self.truncated_files.items())]
         out.append(f"latents: {self.out}")
         return out
@@ -131,7 +150,8 @@ try:
 except OSError:
     _LIBC = None
 
-# Parquet footer metadata of every part: the files in it, and what encoded them (the done-index).
+# Parquet footer metadata of every part (the done-index): the files in it, each with its size and
+# mtime when encoded and its flags, and what encoded them.
 FILES_KEY, IDENTITY_KEY = b"ecovae.files", b"ecovae.identity"
 
 
@@ -178,7 +198,8 @@ class FileTask:
     rel: str
     labels: dict[str, str]
     offset: np.ndarray | None = None  # hardware correction: (mels,) subtracted from the log-mel
-    size: int = 0  # bytes on disk, to size chunks of work
+    size: int = 0  # bytes on disk when found: sizes chunks of work, and tells a changed file
+    mtime_ns: int = 0
 
 
 @dataclass
@@ -194,6 +215,8 @@ class _Clips:  # a batch of one file's clips, all with the same number of frames
 class _FileEnd:
     rel: str
     rec: Recording
+    size: int
+    mtime_ns: int
 
 
 @dataclass
@@ -243,7 +266,7 @@ class ClipStream(torch.utils.data.IterableDataset):
                 raise BadAudio(
                     rec.path, f"shorter than one frame ({self.spec.frame_seconds:.3f} s)"
                 )
-            yield _FileEnd(task.rel, rec)
+            yield _FileEnd(task.rel, rec, task.size, task.mtime_ns)
         except BadAudio as e:
             yield _FileFailed(task.rel, e.reason)
         except Exception as e:  # one odd file in a million must not stop the survey
@@ -273,6 +296,13 @@ class FileResult:
     silent: bool = False
     truncated: str | None = None
     tail_seconds: float = 0.0
+    size: int = 0
+    mtime_ns: int = 0
+
+    def entry(self) -> dict:
+        """This file's line in the done-index: what it was when encoded, and its flags."""
+        return {"size": self.size, "mtime_ns": self.mtime_ns, "frames": self.frames,
+                "silent": self.silent, "truncated": self.truncated, "tail_s": round(self.tail_seconds, 6)}  # fmt: skip
 
 
 @torch.inference_mode()
@@ -303,7 +333,9 @@ def encode_stream(
             got.pop(item.rel, None)
             yield FileResult(item.rel, skipped=item.reason)
         else:
-            yield _file_result(item.rec, got.pop(item.rel), spec, schema, label_columns)
+            result = _file_result(item.rec, got.pop(item.rel), spec, schema, label_columns)
+            result.size, result.mtime_ns = item.size, item.mtime_ns
+            yield result
 
 
 def _file_result(
@@ -380,39 +412,69 @@ def recording_table(
 # --- parts: the commit unit and the done-index -------------------------------------------
 
 
-def part_name(rels: list[str]) -> str:
-    """A part's name follows from the files in it, so a redone piece of work replaces, never duplicates."""
-    return f"part-{hashlib.sha1(chr(10).join(rels).encode()).hexdigest()[:20]}.parquet"
+def part_name(entries: dict[str, dict]) -> str:
+    """A part's name follows from its files as they were when encoded: a redone piece of work
+    replaces its part, never duplicates it; a changed file re-encoded gets a new name."""
+    key = "\n".join(f"{rel}\t{e.get('size')}\t{e.get('mtime_ns')}" for rel, e in entries.items())
+    return f"part-{hashlib.sha1(key.encode()).hexdigest()[:20]}.parquet"
+
+
+def _footer(entries: dict[str, dict], identity: dict) -> dict[bytes, bytes]:
+    return {
+        FILES_KEY: json.dumps(entries).encode(),
+        IDENTITY_KEY: json.dumps(identity, sort_keys=True).encode(),
+    }
 
 
 def write_part(
     folder: Path,
     tmp_dir: Path,
     tables: list[pa.Table],
-    rels: list[str],
+    entries: dict[str, dict],
     schema: pa.Schema,
     identity: dict,
+    name: str | None = None,
 ) -> Path:
-    """Write one part atomically (temporary name, then rename); its footer lists ``rels``."""
-    final = folder / part_name(rels)
+    """Write one part atomically (temporary name, fsync, rename); its footer holds ``entries``.
+
+    ``name`` rewrites an existing part in place (the rename replaces it whole).
+    """
+    final = folder / (name or part_name(entries))
     # a unique temporary name: two workers may redo the same part at once
     tmp = tmp_dir / f"{final.name}.{uuid.uuid4().hex[:8]}.tmp"
-    meta = {
-        FILES_KEY: json.dumps(rels).encode(),
-        IDENTITY_KEY: json.dumps(identity, sort_keys=True).encode(),
-    }
     table = pa.concat_tables(tables) if tables else schema.empty_table()
-    pq.write_table(table.replace_schema_metadata(meta), tmp)
-    os.replace(tmp, final)  # the commit point: these files are now done
+    try:
+        pq.write_table(table.replace_schema_metadata(_footer(entries, identity)), tmp)
+        _fsync(tmp)
+        os.replace(tmp, final)  # the commit point: these files are now done
+    finally:
+        tmp.unlink(missing_ok=True)  # a disk that filled up mid-write leaves no debris
+    _fsync(folder)
     return final
 
 
-def read_index(path: Path) -> tuple[list[str], dict | None]:
-    """(files, identity) from a part's footer; an older file without them: its path column, no identity."""
+def _fsync(path: Path) -> None:
+    """Flush a file (or a folder's entries) to the disk, so a power cut cannot undo a commit."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_index(path: Path) -> tuple[dict[str, dict], dict | None]:
+    """(entries by file, identity) from a part's footer.
+
+    An older part lists only its files (``{}`` entries: size and mtime unknown);
+    a file without a footer index: its path column, no identity.
+    """
     meta = pq.read_metadata(path).metadata or {}
     if FILES_KEY in meta:
-        return json.loads(meta[FILES_KEY]), json.loads(meta[IDENTITY_KEY])
-    return pq.read_table(path, columns=["path"]).column("path").unique().to_pylist(), None
+        files = json.loads(meta[FILES_KEY])
+        entries = files if isinstance(files, dict) else {rel: {} for rel in files}
+        return entries, json.loads(meta[IDENTITY_KEY])
+    rels = pq.read_table(path, columns=["path"]).column("path").unique().to_pylist()
+    return {rel: {} for rel in rels}, None
 
 
 def list_parts(folder: Path) -> list[Path]:
@@ -421,7 +483,7 @@ def list_parts(folder: Path) -> list[Path]:
 
 @dataclass
 class Layout:
-    """Where an encoding's parts, temporary files and output go."""
+    """Where an encoding's parts, temporary files, lock and output go."""
 
     out: Path
 
@@ -433,23 +495,96 @@ class Layout:
     def tmp(self) -> Path:
         return self.parts / "_tmp"  # "_" prefix: Parquet readers skip it
 
+    @property
+    def lock(self) -> Path:
+        return self.out / "_lock" if is_dataset(self.out) else self.out.with_name(self.out.name + ".lock")
 
-def _done(layout: Layout, schema: pa.Schema, identity: dict) -> set[str]:
-    """Files already encoded (from footers only), refusing to mix models, labels or corrections."""
-    sources = list_parts(layout.parts) + ([layout.out] if layout.out.is_file() else [])
-    done: set[str] = set()
+
+@dataclass
+class OutputIndex:
+    """What an output holds, from its footers: each file's entry and where its rows are."""
+
+    parts: dict[Path, dict[str, dict]]  # part -> its files' entries
+    merged: dict[str, dict]  # a single-file output: the entries of the merged file
+    rows: int = 0
+
+    @property
+    def entries(self) -> dict[str, dict]:
+        """Every file in the output (a part's rows replace the merged file's for the same file)."""
+        out = dict(self.merged)
+        for entries in self.parts.values():
+            out.update(entries)
+        return out
+
+    def holder(self) -> dict[str, Path | None]:
+        """File -> the part holding its rows (None: the merged file)."""
+        out: dict[str, Path | None] = dict.fromkeys(self.merged)
+        for part, entries in self.parts.items():
+            out.update(dict.fromkeys(entries, part))
+        return out
+
+
+def load_index(layout: Layout, schema: pa.Schema, identity: dict) -> OutputIndex:
+    """Read the footers of the output, refusing to mix models, labels or corrections."""
+    sources = ([layout.out] if layout.out.is_file() else []) + list_parts(layout.parts)
+    index = OutputIndex({}, {})
     for source in sources:
         if pq.read_schema(source) != schema:
-            raise RuntimeError(
-                f"{source} has another schema (model or labels differ); choose another --out"
-            )
-        rels, other = read_index(source)
+            raise RuntimeError(f"{source} has another schema (model or labels differ); choose another --out")
+        entries, other = read_index(source)
         if other is not None and other != identity:
             raise RuntimeError(
                 f"{source} was encoded with another model, labels or correction; delete it or choose another --out"
             )
-        done.update(rels)
-    return done
+        index.rows += pq.read_metadata(source).num_rows
+        if source == layout.out:
+            index.merged = entries
+        else:
+            index.parts[source] = entries
+    return index
+
+
+def drop_files(index: OutputIndex, rels_by_part: dict[Path, set[str]], layout: Layout, identity: dict) -> None:
+    """Remove files' rows from parts, each part rewritten in place (or deleted when emptied).
+
+    The rename replaces a part whole, so a kill at any moment leaves it with or
+    without those files, never both copies nor a part lost.
+    """
+    for part, rels in rels_by_part.items():
+        keep = {rel: e for rel, e in index.parts[part].items() if rel not in rels}
+        if not keep:
+            part.unlink()
+            del index.parts[part]
+            continue
+        table = pq.read_table(part)
+        table = table.filter(pc.is_in(table["path"], value_set=pa.array(sorted(keep), pa.string())))
+        write_part(part.parent, layout.tmp, [table], keep, table.schema, identity, name=part.name)
+        index.parts[part] = keep
+
+
+@contextmanager
+def output_lock(layout: Layout) -> Iterator[None]:
+    """Hold an OS lock on the output while encoding: a second run on it is refused, not interleaved."""
+    layout.lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise OutputBusy(
+                f"{layout.out} is being written by another 'ecovae encode' ({holder}); "
+                "wait for it to finish, or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+class OutputBusy(RuntimeError):
+    """Another process is encoding into the same output."""
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -470,19 +605,15 @@ class Job:
 
 
 def record(summary: EncodeSummary, result: FileResult) -> None:
-    """Count one file's result into the summary, and log what needs a look."""
+    """Count one file's result into this run's account, and log what needs a look."""
     if result.skipped is not None:
         log.warning("skipped %s: %s", result.rel, result.skipped)
         summary.skipped[result.rel] = result.skipped
         return
     summary.encoded += 1
     summary.frames += result.frames
-    summary.tail_seconds_not_encoded += result.tail_seconds
-    if result.silent:
-        summary.silent_files.append(result.rel)
     if result.truncated:
         log.warning("truncated %s: %s (encoded as far as it goes)", result.rel, result.truncated)
-        summary.truncated_files[result.rel] = result.truncated
 
 
 def encode(
@@ -500,6 +631,7 @@ def encode(
     threads: int | None = None,
     engine: str = "local",
     address: str | None = None,
+    commit_seconds: float = 120.0,
 ) -> EncodeSummary:
     """Encode every recording under ``recordings`` with the model of ``run_dir`` into ``out``.
 
@@ -509,6 +641,8 @@ def encode(
     runs on the Ray cluster at ``address`` (a local one if None). With ``offsets`` (label
     value -> (mels,) log-mel offset) and ``offset_column`` (the label holding the
     recorder), each file's recorder offset is removed before encoding (``ecovae.hardware``).
+    Finished files are committed every ``rows_per_part`` frames or ``commit_seconds``,
+    whichever comes first, so a killed run loses at most that much work.
     """
     from ecovae.train import load_model
 
@@ -518,7 +652,10 @@ def encode(
         raise ValueError(f"engine must be 'local' or 'ray', not {engine!r}")
     batch_size = batch_size or (8 if str(device).startswith("cuda") else 1)
     model, spec = load_model(run_dir)
-    files, label_cols, labels = discover(root, labels_csv)
+    not_searched: dict[str, str] = {}
+    files, label_cols, labels = discover(root, labels_csv, not_searched)
+    if not files:
+        raise FileNotFoundError(f"{root}: no audio files (looked for {', '.join(AUDIO_EXTENSIONS)})")
     schema = latents_schema(label_cols, model.cfg.latent_dim)
     identity = {
         "weights": _weights_digest(run_dir),
@@ -532,43 +669,99 @@ def encode(
         raise RuntimeError(
             f"{out} is a file; a dataset output is a folder (or name a .parquet file)"
         )
-    done = _done(layout, schema, identity)
-    layout.tmp.mkdir(parents=True, exist_ok=True)
-    for tmp in layout.tmp.glob("*.tmp"):
-        tmp.unlink()  # a part that was being written when a run stopped
+    with output_lock(layout):
+        index = load_index(layout, schema, identity)
+        layout.tmp.mkdir(parents=True, exist_ok=True)
+        for tmp in layout.tmp.glob("*.tmp"):
+            tmp.unlink()  # a part that was being written when a run stopped
+        summary = EncodeSummary(out=str(out), files_found=len(files), skipped=dict(not_searched))
+        tasks, drop = _plan(root, files, labels, index, layout, identity, offsets, offset_column, summary)
+        job = Job(root, run_dir, layout, schema, label_cols, identity, batch_size, str(device))
 
-    base = root if root.is_dir() else root.parent
-    tasks = []
-    for p in files:
-        rel = p.relative_to(base).as_posix()
-        if rel in done:
-            continue
-        lab = labels.get(rel, {})
-        offset = (offsets or {}).get(str(lab.get(offset_column))) if offset_column else None
-        tasks.append(FileTask(p, rel, lab, offset, _size(p)))
-    summary = EncodeSummary(
-        out=str(out), files_found=len(files), already_done=len(files) - len(tasks)
-    )
-    job = Job(root, run_dir, layout, schema, label_cols, identity, batch_size, str(device))
+        if engine == "ray":
+            from ecovae.encode_ray import encode_on_ray
 
-    if engine == "ray":
-        from ecovae.encode_ray import encode_on_ray
-
-        encode_on_ray(job, tasks, summary, address=address, progress=progress)
-    else:
-        _encode_local(job, model.to(device, memory_format=torch.channels_last), spec, tasks, summary,
-                      rows_per_part, progress, workers, threads)  # fmt: skip
-    _finish(layout, schema, identity)
-    summary.wall_time_s = round(time.time() - t0, 3)
-    summary_path(out).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+            encode_on_ray(job, tasks, summary, address=address, progress=progress)
+        else:
+            _encode_local(job, model.to(device, memory_format=torch.channels_last), spec, tasks, summary,
+                          rows_per_part, commit_seconds, progress, workers, threads)  # fmt: skip
+        index = _finish(layout, schema, identity, drop)
+        _account(summary, index, {p.relative_to(_base(root)).as_posix() for p in files})
+        summary.wall_time_s = round(time.time() - t0, 3)
+        _write_text(summary_path(out), json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary
 
 
-def _size(path: Path) -> int:
+def _base(root: Path) -> Path:
+    return root if root.is_dir() else root.parent
+
+
+def _plan(
+    root: Path,
+    files: list[Path],
+    labels: dict[str, dict[str, str]],
+    index: OutputIndex,
+    layout: Layout,
+    identity: dict,
+    offsets: dict[str, np.ndarray] | None,
+    offset_column: str | None,
+    summary: EncodeSummary,
+) -> tuple[list[FileTask], set[str]]:
+    """The files to encode: those not in the output, and those changed since they were encoded.
+
+    A changed file's old rows are taken out first (from its part now; from a
+    merged file at the merge, returned as the set to drop), so a kill never
+    leaves both its old and new rows.
+    """
+    done, holder = index.entries, index.holder()
+    tasks: list[FileTask] = []
+    stale: dict[Path, set[str]] = {}
+    drop: set[str] = set()
+    for p in files:
+        rel = p.relative_to(_base(root)).as_posix()
+        size, mtime_ns = _stat(p)
+        entry = done.get(rel)
+        if entry is not None:
+            if entry.get("size") is None or (entry["size"], entry["mtime_ns"]) == (size, mtime_ns):
+                summary.already_done += 1
+                continue
+            log.info("%s changed since it was encoded (size or mtime): encoding it again", rel)
+            summary.changed.append(rel)
+            part = holder[rel]
+            if part is None:
+                drop.add(rel)
+            else:
+                stale.setdefault(part, set()).add(rel)
+        lab = labels.get(rel, {})
+        offset = (offsets or {}).get(str(lab.get(offset_column))) if offset_column else None
+        tasks.append(FileTask(p, rel, lab, offset, size, mtime_ns))
+    drop_files(index, stale, layout, identity)
+    return tasks, drop
+
+
+def _account(summary: EncodeSummary, index: OutputIndex, found: set[str]) -> None:
+    """The whole output's counts and flags, from its footers."""
+    entries = index.entries
+    summary.files_in_output = len(entries)
+    summary.frames_in_output = index.rows
+    summary.no_longer_found = len(set(entries) - found)
+    summary.silent_files = sorted(rel for rel, e in entries.items() if e.get("silent"))
+    summary.truncated_files = {rel: e["truncated"] for rel, e in sorted(entries.items()) if e.get("truncated")}
+    summary.tail_seconds_not_encoded = round(sum(e.get("tail_s", 0.0) for e in entries.values()), 3)
+
+
+def _stat(path: Path) -> tuple[int, int]:
     try:
-        return path.stat().st_size
+        st = path.stat()
     except OSError:
-        return 0
+        return 0, 0
+    return st.st_size, st.st_mtime_ns
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _encode_local(
@@ -578,6 +771,7 @@ def _encode_local(
     tasks: list[FileTask],
     summary: EncodeSummary,
     rows_per_part: int,
+    commit_seconds: float,
     progress: bool,
     workers: int | None,
     threads: int | None,
@@ -593,26 +787,29 @@ def _encode_local(
         pin_memory=job.device.startswith("cuda"), collate_fn=_as_is,
     )  # fmt: skip
     tables: list[pa.Table] = []
-    rels: list[str] = []
+    entries: dict[str, dict] = {}
+    last_commit = time.monotonic()
 
-    def flush() -> None:
-        if rels:
-            write_part(
-                job.layout.parts, job.layout.tmp, tables, list(rels), job.schema, job.identity
-            )
+    def commit() -> None:
+        nonlocal last_commit
+        if entries:
+            write_part(job.layout.parts, job.layout.tmp, tables, dict(entries), job.schema, job.identity)
             tables.clear()
-            rels.clear()
+            entries.clear()
+        last_commit = time.monotonic()
 
     with file_progress(len(tasks), "Encoding", enabled=progress) as advance:
         for result in encode_stream(model, loader, spec, job.schema, job.label_columns, job.device):
             record(summary, result)
             if result.table is not None:
                 tables.append(result.table)
-                rels.append(result.rel)
-                if sum(t.num_rows for t in tables) >= rows_per_part:
-                    flush()
+                entries[result.rel] = result.entry()
+                # on frames (memory) and on time: a killed run loses minutes, not hours
+                if (sum(t.num_rows for t in tables) >= rows_per_part
+                        or time.monotonic() - last_commit >= commit_seconds):  # fmt: skip
+                    commit()
             advance(frames=summary.frames, skipped=len(summary.skipped))
-    flush()
+    commit()
 
 
 def _worker_init(_: int) -> None:
@@ -649,30 +846,56 @@ def _as_is(item):
     return item
 
 
-def _finish(layout: Layout, schema: pa.Schema, identity: dict) -> None:
-    """Dataset: make sure it has at least one part (so it has a schema). File: merge the parts into it."""
-    parts = list_parts(layout.parts)
+def _finish(layout: Layout, schema: pa.Schema, identity: dict, drop: set[str]) -> OutputIndex:
+    """Dataset: make sure it has at least one part (so it has a schema). File: merge the parts into it.
+
+    The merge is idempotent: the merged file keeps its rows of files that no
+    part holds (and that are not in ``drop``), then takes every part's rows.
+    So a run killed after the merged file was renamed, but before the parts
+    were removed, merges to the same rows again, never twice.
+    """
+    index = load_index(layout, schema, identity)
     if is_dataset(layout.out):
-        if not parts:
-            write_part(layout.parts, layout.tmp, [], [], schema, identity)
+        if not index.parts:
+            write_part(layout.parts, layout.tmp, [], {}, schema, identity)
+            index = load_index(layout, schema, identity)
         shutil.rmtree(layout.tmp, ignore_errors=True)
-        return
+        return index
     out = layout.out
-    if parts or not out.is_file():
-        # the earlier output first, then the new parts in file order; streamed row group by
-        # row group, so memory stays that of one row group
-        indexed = sorted((read_index(p)[0], p) for p in parts)
-        sources = ([(read_index(out)[0], out)] if out.is_file() else []) + indexed
-        rels = [r for files, _ in sources for r in files]
-        meta = {
-            FILES_KEY: json.dumps(rels).encode(),
-            IDENTITY_KEY: json.dumps(identity, sort_keys=True).encode(),
-        }
-        tmp = out.with_name(out.name + ".tmp")
-        with pq.ParquetWriter(tmp, schema.with_metadata(meta)) as writer:
-            for _, source in sources:
-                f = pq.ParquetFile(source)
+    in_parts = {rel: e for entries in index.parts.values() for rel, e in entries.items()}
+    merged_already = all(index.merged.get(rel) == e for rel, e in in_parts.items())
+    if out.is_file() and merged_already and not (drop & set(index.merged)):
+        shutil.rmtree(layout.parts, ignore_errors=True)  # nothing new (or merged before a kill)
+        return OutputIndex({}, index.merged, pq.read_metadata(out).num_rows)
+    keep = {rel: e for rel, e in index.merged.items() if rel not in in_parts and rel not in drop}
+    entries = {**keep, **in_parts}
+    footer = _footer(entries, identity)
+    tmp = out.with_name(out.name + ".tmp")
+    rows = 0
+    try:
+        with pq.ParquetWriter(tmp, schema.with_metadata(footer)) as writer:
+            # the earlier output first, then the new parts in file order; streamed row group by
+            # row group, so memory stays that of one row group
+            if out.is_file():
+                f = pq.ParquetFile(out)
+                filtered = len(keep) < len(index.merged)
+                wanted = pa.array(sorted(keep), pa.string())
                 for g in range(f.num_row_groups):
-                    writer.write_table(f.read_row_group(g).replace_schema_metadata(meta))
+                    t = f.read_row_group(g)
+                    if filtered:
+                        t = t.filter(pc.is_in(t["path"], value_set=wanted))
+                    writer.write_table(t.replace_schema_metadata(footer))
+                    rows += t.num_rows
+            for _, part in sorted((sorted(e), p) for p, e in index.parts.items()):
+                f = pq.ParquetFile(part)
+                for g in range(f.num_row_groups):
+                    t = f.read_row_group(g)
+                    writer.write_table(t.replace_schema_metadata(footer))
+                    rows += t.num_rows
+        _fsync(tmp)
         os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync(out.parent)
     shutil.rmtree(layout.parts)
+    return OutputIndex({}, entries, rows)

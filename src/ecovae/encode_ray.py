@@ -53,8 +53,8 @@ def encode_chunk(job: Job, tasks: list[FileTask]) -> list[FileResult]:
     results = list(encode_stream(model, stream, spec, job.schema, job.label_columns, job.device))
     done = [r for r in results if r.table is not None]
     if done:
-        write_part(job.layout.parts, job.layout.tmp, [r.table for r in done], [r.rel for r in done], job.schema,
-                   job.identity)  # fmt: skip
+        write_part(job.layout.parts, job.layout.tmp, [r.table for r in done], {r.rel: r.entry() for r in done},
+                   job.schema, job.identity)  # fmt: skip
     return [replace(r, table=None) for r in results]
 
 

@@ -24,8 +24,12 @@ import logging
 import math
 import os
 import platform
+import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +57,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     seed: int = 0
     checkpoint_every: int = 500  # steps
+    checkpoint_minutes: float = 10.0  # and on time: a killed run loses at most this much
     val_every: int = 500  # steps
     log_every: int = 10  # steps
     num_workers: int = 0
@@ -75,7 +80,7 @@ TRAIN_PRESETS = {
 # What a resumed run may change: where and how it runs, and for how long.
 RESUMABLE = (
     "max_steps", "num_workers", "accelerator", "devices", "precision", "checkpoint_every", "val_every", "log_every",
-    "strategy", "num_nodes",
+    "strategy", "num_nodes", "checkpoint_minutes",
 )  # fmt: skip
 
 
@@ -113,10 +118,11 @@ def load_survey(
 ) -> SurveyData:
     """Log-mel clips of every readable recording under root; broken files are logged and skipped."""
     root = Path(root)
-    files, _, labels = discover(root, labels_csv)
+    not_searched: dict[str, str] = {}
+    files, _, labels = discover(root, labels_csv, not_searched)
     if not files:
         raise FileNotFoundError(f"{root}: no audio files (looked for .wav, .flac, .ogg, .mp3)")
-    recordings, skipped, seconds = [], {}, 0.0
+    recordings, skipped, seconds = [], dict(not_searched), 0.0
     from ecovae.progress import file_progress
 
     with file_progress(len(files), "Spectrograms", enabled=progress) as advance:
@@ -144,23 +150,74 @@ def split_by_recording(n: int, val_fraction: float, seed: int) -> tuple[list[int
 
 
 class WindowDataset(Dataset):
-    """Windows of ``window_frames`` whole frames from clips: every frame-aligned start."""
+    """Windows of ``window_frames`` whole frames from clips, at every frame-aligned start.
 
-    def __init__(self, recordings: list[LoadedRecording], window_frames: int, frame_hops: int, stride: int = 1):
-        self.window_hops = window_frames * frame_hops
+    A window never crosses a clip's end; a clip shorter than the window gives
+    windows of its own length, so every recording of at least one frame is
+    trained on (:class:`WindowBatches` puts windows of one length together).
+    ``stride`` (frames) spaces the starts; None: the window's length, for validation.
+    """
+
+    def __init__(self, recordings: list[LoadedRecording], window_frames: int, frame_hops: int, stride: int | None = 1):
         self.clips = [c for r in recordings for c in r.clips]
-        self.index = [
-            (i, s * frame_hops)
-            for i, c in enumerate(self.clips)
-            for s in range(0, c.shape[0] // frame_hops - window_frames + 1, stride)
-        ]
+        self.index: list[tuple[int, int, int]] = []  # (clip, first hop, hops)
+        for i, c in enumerate(self.clips):
+            n = c.shape[0] // frame_hops
+            w = min(window_frames, n)
+            for start in range(0, n - w + 1, stride or w):
+                self.index.append((i, start * frame_hops, w * frame_hops))
+
+    @property
+    def lengths(self) -> list[int]:
+        return [hops for _, _, hops in self.index]
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        clip, start = self.index[i]
-        return self.clips[clip][start : start + self.window_hops].unsqueeze(0)  # (1, hops, mels)
+        clip, start, hops = self.index[i]
+        return self.clips[clip][start : start + hops].unsqueeze(0)  # (1, hops, mels)
+
+
+class WindowBatches(torch.utils.data.Sampler):
+    """Batches of windows of one length (so they stack), reshuffled every epoch from the seed.
+
+    In a distributed run each of ``replicas`` processes takes every
+    ``replicas``-th batch, and all take the same number (a few batches are
+    repeated to make it so): a process that ran out first would leave the
+    others waiting for it for ever.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0, replicas: int = 1,
+                 rank: int = 0):  # fmt: skip
+        self.lengths, self.batch_size, self.shuffle, self.seed = np.asarray(lengths), batch_size, shuffle, seed
+        self.replicas, self.rank, self.epoch = replicas, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at each epoch
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        batches = []
+        for length in np.unique(self.lengths):
+            idx = np.flatnonzero(self.lengths == length)
+            if self.shuffle:
+                idx = rng.permutation(idx)
+            chunks = [idx[i : i + self.batch_size].tolist() for i in range(0, len(idx), self.batch_size)]
+            if self.shuffle and len(chunks) > 1 and len(chunks[-1]) < self.batch_size:
+                chunks.pop()  # a ragged last batch (when training): its windows come in another epoch
+            batches += chunks
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        if self.replicas > 1 and batches:
+            batches += batches[: (-len(batches)) % self.replicas]
+        return batches[self.rank :: self.replicas]
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
 
 
 def input_statistics(recordings: list[LoadedRecording]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,21 +289,124 @@ def _export_callback_class():
     return ExportWeights
 
 
+STOPPED_CHECKPOINT = "stopped.ckpt"
+
+
+def _run_callbacks(ckpt_dir: Path):
+    """Lightning callbacks that keep a run's history and save it when it is stopped."""
+    import lightning as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    class RunHistory(L.Callback):
+        """The held-out score before training and every attempt's steps and time, kept in the
+        checkpoints, so a resumed run reports its whole history (a killed attempt wrote no run.json)."""
+
+        def __init__(self, heldout_initial: dict | None):
+            self.heldout_initial = heldout_initial
+            self.previous: list[dict] = []
+            self.current = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_step": 0, "to_step": 0}
+            self.t0 = time.time()
+
+        @property
+        def attempts(self) -> list[dict]:
+            return [*self.previous, {**self.current, "wall_time_s": round(time.time() - self.t0, 2)}]
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.current["from_step"] = self.current["to_step"] = int(trainer.global_step)
+
+        def on_train_batch_end(self, trainer, *args) -> None:
+            self.current["to_step"] = int(trainer.global_step)
+
+        def state_dict(self) -> dict:
+            return {"heldout_initial": self.heldout_initial, "attempts": self.attempts}
+
+        def load_state_dict(self, state: dict) -> None:
+            self.heldout_initial = self.heldout_initial or state.get("heldout_initial")
+            self.previous = list(state.get("attempts", []))
+
+    class CheckpointOnStop(L.Callback):
+        """On SIGTERM (a scheduler's notice) or Ctrl-C, save where training stopped."""
+
+        def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+            if isinstance(exception, SIGTERMException | KeyboardInterrupt):
+                trainer.save_checkpoint(ckpt_dir / STOPPED_CHECKPOINT)
+
+    return RunHistory, CheckpointOnStop
+
+
+def _checkpoint_io():
+    """Lightning's checkpoint writer, made atomic in the run folder itself.
+
+    Lightning writes through a temporary file in /tmp and then copies it over
+    the checkpoint: a full disk leaves a truncated checkpoint. Here the
+    temporary file is beside the checkpoint, flushed to disk, then renamed, so
+    a checkpoint is whole or absent.
+    """
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(path) as tmp, tmp.open("wb") as f:
+                torch.save(checkpoint, f)  # through a file object: a full disk is an OSError, not a RuntimeError
+
+    return AtomicCheckpointIO()
+
+
+class TrainingStopped(Exception):
+    """Training was stopped by a signal; a checkpoint was saved to resume from."""
+
+
 # --------------------------------------------------------------------------- the run folder
 
 
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds, flush it to disk and rename
+    it into place with the mode the umask gives (never half a file; no debris when the disk is full)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create files 0600
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_weights(model: SoundscapeVAE, run_dir: Path) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    tmp = run_dir / (WEIGHTS_FILE + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, run_dir / WEIGHTS_FILE)
+    with atomic_file(run_dir / WEIGHTS_FILE) as tmp:
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        except SafetensorError as e:  # a full or read-only disk: say so as the OS does
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(run_dir / WEIGHTS_FILE)) from None
 
 
 def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def init_run(run_dir: Path | str, mcfg: VAEConfig, tcfg: TrainConfig | None = None, seed: int = 0) -> Path:
@@ -269,7 +429,11 @@ def init_run(run_dir: Path | str, mcfg: VAEConfig, tcfg: TrainConfig | None = No
 
 
 def load_model(run_dir: Path | str, map_location: str = "cpu") -> tuple[SoundscapeVAE, SpectrogramConfig]:
-    """The trained model of a run folder, from JSON and safetensors only (no pickle)."""
+    """The trained model of a run folder, from JSON and safetensors only (no pickle).
+
+    A missing, truncated or mismatched file is a ValueError/FileNotFoundError naming it.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
@@ -277,10 +441,22 @@ def load_model(run_dir: Path | str, map_location: str = "cpu") -> tuple[Soundsca
     for p in (cfg_path, weights):
         if not p.is_file():
             raise FileNotFoundError(f"{p}: missing; is {run_dir} a run folder made by 'ecovae train'?")
-    cfg = json.loads(cfg_path.read_text())
-    model = SoundscapeVAE(VAEConfig.from_dict(cfg["model"]))
-    model.load_state_dict(load_file(str(weights), device=map_location))
-    return model.eval(), SpectrogramConfig(**cfg["spectrogram"])
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        model = SoundscapeVAE(VAEConfig.from_dict(cfg["model"]))
+        spec = SpectrogramConfig(**cfg["spectrogram"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{cfg_path}: not a valid ecovae config ({type(e).__name__}: {e})") from None
+    try:
+        state = load_file(str(weights), device=map_location)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{weights}: unreadable ({e}); the file may be truncated: copy it again or re-train") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise ValueError(f"{weights} does not match {cfg_path} ({first}); were they copied from different runs?") from None
+    return model.eval(), spec
 
 
 def combine_metrics(run_dir: Path) -> Path | None:
@@ -341,7 +517,7 @@ def package_versions() -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: SoundscapeVAE, dataset: Dataset, batch_size: int = 16, seed: int = 0) -> dict[str, float]:
+def evaluate(model: SoundscapeVAE, dataset: WindowDataset, batch_size: int = 16, seed: int = 0) -> dict[str, float]:
     """Held-out negative ELBO and its parts, per frame (a fixed seed for the posterior samples)."""
     was_training = model.training
     model.eval()
@@ -350,7 +526,7 @@ def evaluate(model: SoundscapeVAE, dataset: Dataset, batch_size: int = 16, seed:
     totals: dict[str, float] = {}
     frames = 0
     try:
-        for batch in DataLoader(dataset, batch_size=batch_size):
+        for batch in DataLoader(dataset, batch_sampler=WindowBatches(dataset.lengths, batch_size, shuffle=False)):
             n = batch.shape[0] * batch.shape[2] // model.cfg.frame_hops
             for k, v in model.loss(batch).items():
                 totals[k] = totals.get(k, 0.0) + float(v) * n
@@ -376,31 +552,31 @@ def train(
     """Train a VAE on the recordings under ``recordings``; returns the run manifest.
 
     With ``resume``, the run's saved settings are used, except those in
-    RESUMABLE, which are taken from ``tcfg`` (so --max-steps can extend a run).
-    In a distributed run, processes other than the first return None.
+    RESUMABLE, which are taken from ``tcfg`` (so --max-steps can extend a run),
+    and training continues from the newest readable checkpoint. In a
+    distributed run, processes other than the first return None. Stopped by
+    SIGTERM or Ctrl-C, it saves a checkpoint and raises :class:`TrainingStopped`.
     """
     import lightning as L
     from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     _quiet_lightning()
-
-    t0 = time.time()
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    last_ckpt = ckpt_dir / "last.ckpt"
     spec = SpectrogramConfig()
+    resume_from = None
     if resume:
-        if not last_ckpt.is_file():
-            raise FileNotFoundError(f"{last_ckpt}: nothing to resume from")
+        resume_from = newest_readable_checkpoint(ckpt_dir)
         saved = json.loads((run_dir / CONFIG_FILE).read_text())
         mcfg = VAEConfig.from_dict(saved["model"])
         tcfg = replace(TrainConfig(**saved["train"]), **{k: getattr(tcfg, k) for k in RESUMABLE})
-    elif rank_zero_only.rank == 0:  # (later processes of a distributed run start after the first wrote its files)
-        if last_ckpt.exists():
+    else:
+        # (later processes of a distributed run start after the first wrote its files)
+        if rank_zero_only.rank == 0 and any(ckpt_dir.glob("*.ckpt")):
             raise FileExistsError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
-    if not resume:
         mcfg = mcfg or preset(tcfg.preset)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -412,13 +588,15 @@ def train(
     window = min(tcfg.window_frames, longest)
     if window < tcfg.window_frames:
         log.warning("recordings are short: training on windows of %d frames instead of %d", window, tcfg.window_frames)
-    usable = [r for r in data.recordings if r.n_frames >= window]
-    too_short = [r.relpath for r in data.recordings if r.n_frames < window]
-    train_idx, val_idx = split_by_recording(len(usable), tcfg.val_fraction, tcfg.seed)
-    train_recs = [usable[i] for i in train_idx]
-    val_recs = [usable[i] for i in val_idx]
+    shorter = [r.relpath for r in data.recordings if r.n_frames < window]
+    if shorter:
+        log.info("%d recordings are shorter than the %d-frame window: trained on windows of their own length",
+                 len(shorter), window)  # fmt: skip
+    train_idx, val_idx = split_by_recording(len(data.recordings), tcfg.val_fraction, tcfg.seed)
+    train_recs = [data.recordings[i] for i in train_idx]
+    val_recs = [data.recordings[i] for i in val_idx]
     train_ds = WindowDataset(train_recs, window, spec.frame_hops)
-    val_ds = WindowDataset(val_recs, window, spec.frame_hops, stride=window)
+    val_ds = WindowDataset(val_recs, window, spec.frame_hops, stride=None)
 
     LitVAE = _lightning_module_class()
     module = LitVAE(mcfg.to_dict(), asdict(tcfg))
@@ -434,16 +612,16 @@ def train(
                 {"model": mcfg.to_dict(), "spectrogram": spec.to_dict(), "train": asdict(tcfg), "window_frames": window},
             )
 
-    generator = torch.Generator().manual_seed(tcfg.seed)
-    loader_kw = {"batch_size": tcfg.batch_size, "num_workers": tcfg.num_workers, "persistent_workers": tcfg.num_workers > 0}
-    train_loader = DataLoader(
-        train_ds, shuffle=True, drop_last=len(train_ds) > tcfg.batch_size, generator=generator, **loader_kw
-    )
-    val_loader = DataLoader(val_ds, **loader_kw) if len(val_ds) else None
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="step{step}", auto_insert_metric_name=False,
-        every_n_train_steps=tcfg.checkpoint_every, save_last=True, save_top_k=1,
-    )  # fmt: skip
+    RunHistory, CheckpointOnStop = _run_callbacks(ckpt_dir)
+    history = RunHistory(heldout_initial)
+    data_module = _window_data_class()(train_ds, val_ds, tcfg)
+    checkpoints = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", auto_insert_metric_name=False,
+                        every_n_train_steps=tcfg.checkpoint_every, save_last=True, save_top_k=1),
+        # on time too: the full preset on a CPU takes over 20 minutes for 100 steps
+        ModelCheckpoint(dirpath=ckpt_dir, filename="time-step{step}", auto_insert_metric_name=False,
+                        train_time_interval=timedelta(minutes=tcfg.checkpoint_minutes), save_top_k=1),
+    ]  # fmt: skip
     trainer = L.Trainer(
         default_root_dir=run_dir,
         max_steps=tcfg.max_steps,
@@ -453,30 +631,38 @@ def train(
         num_nodes=tcfg.num_nodes,
         strategy=tcfg.strategy,
         precision=tcfg.precision,
+        plugins=[_checkpoint_io()],
         logger=CSVLogger(run_dir, name="logs"),
-        callbacks=[checkpoint, _export_callback_class()(run_dir)] + ([TQDMProgressBar()] if progress else []),
+        callbacks=[*checkpoints, _export_callback_class()(run_dir), history, CheckpointOnStop()]
+        + ([TQDMProgressBar()] if progress else []),
         log_every_n_steps=tcfg.log_every,
-        val_check_interval=tcfg.val_every if val_loader is not None else None,
+        val_check_interval=tcfg.val_every if len(val_ds) else None,
         check_val_every_n_epoch=None,
-        limit_val_batches=1.0 if val_loader is not None else 0,
+        limit_val_batches=1.0 if len(val_ds) else 0,
         num_sanity_val_steps=0,
         enable_progress_bar=progress,
         enable_model_summary=False,
         deterministic=False,
+        use_distributed_sampler=False,  # WindowBatches gives each process its share
     )
-    trainer.fit(module, train_loader, val_loader, ckpt_path=last_ckpt if resume else None, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=data_module, ckpt_path=resume_from, weights_only=True)
+    except (SIGTERMException, KeyboardInterrupt):
+        raise TrainingStopped(
+            f"stopped at step {trainer.global_step}; saved {ckpt_dir / STOPPED_CHECKPOINT}. "
+            f"Continue with the same command and --resume"
+        ) from None
 
     # The end state: final weights, joined metrics, held-out scores and the manifest.
-    trainer.save_checkpoint(last_ckpt, weights_only=False)  # every process calls it; the first writes
+    trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # every process calls it; the first writes
     if not trainer.is_global_zero:
         return None
+    (ckpt_dir / STOPPED_CHECKPOINT).unlink(missing_ok=True)  # last.ckpt is newer
     model = module.model.cpu()
     save_weights(model, run_dir)
     combine_metrics(run_dir)
-    previous = json.loads((run_dir / RUN_FILE).read_text()) if resume and (run_dir / RUN_FILE).is_file() else {}
-    if heldout_initial is None:
-        heldout_initial = previous.get("heldout", {}).get("initial")
     heldout_final = evaluate(model, val_ds, seed=tcfg.seed) if len(val_ds) else None
+    attempts = history.attempts
     manifest = {
         "ecovae_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -484,8 +670,9 @@ def train(
         "labels": str(labels_csv) if labels_csv else None,
         "seed": tcfg.seed,
         "global_step": int(trainer.global_step),
-        "attempts": previous.get("attempts", 0) + 1,
-        "wall_time_s": round(previous.get("wall_time_s", 0.0) + time.time() - t0, 2),
+        "attempts": len(attempts),
+        "attempt_log": attempts,  # each attempt's start, steps and wall time (to its last checkpoint if killed)
+        "wall_time_s": round(sum(a["wall_time_s"] for a in attempts), 2),
         "versions": package_versions(),
         "hardware": hardware_info(),
         "trainer": {"accelerator": str(trainer.accelerator.__class__.__name__), "devices": trainer.num_devices,
@@ -496,17 +683,61 @@ def train(
             "recordings_used": len(data.recordings),
             "hours": round(data.seconds / 3600, 4),
             "skipped": data.skipped,
-            "too_short_for_window": too_short,
             "window_frames": window,
+            "shorter_than_window": shorter,  # trained on windows of their own length
             "train_recordings": [r.relpath for r in train_recs],
             "val_recordings": [r.relpath for r in val_recs],
             "train_windows": len(train_ds),
             "val_windows": len(val_ds),
         },
-        "heldout": {"initial": heldout_initial, "final": heldout_final},
+        "heldout": {"initial": history.heldout_initial, "final": heldout_final},
     }
     write_json(run_dir / RUN_FILE, manifest)
     return manifest
+
+
+def newest_readable_checkpoint(ckpt_dir: Path) -> Path:
+    """The newest checkpoint that loads; an unreadable one (a disk that filled up, a copy cut
+    short) is passed over with a warning."""
+    candidates = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    if not candidates:
+        raise FileNotFoundError(f"{ckpt_dir}: no checkpoint to resume from")
+    for path in candidates:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # any failure to load means: not this one
+            log.warning("checkpoint %s is unreadable (%s: %s); trying an older one", path, type(e).__name__,
+                        str(e).splitlines()[0][:200] if str(e) else "")  # fmt: skip
+            continue
+        if path != candidates[0]:
+            log.warning("resuming from %s, the newest readable checkpoint", path.name)
+        return path
+    raise RuntimeError(f"{ckpt_dir}: none of the {len(candidates)} checkpoints is readable; start a new run")
+
+
+def _window_data_class():
+    import lightning as L
+
+    class WindowData(L.LightningDataModule):
+        """Training and validation windows, batched by length; each process takes its own share."""
+
+        def __init__(self, train_ds: WindowDataset, val_ds: WindowDataset, tcfg: TrainConfig):
+            super().__init__()
+            self.train_ds, self.val_ds, self.tcfg = train_ds, val_ds, tcfg
+
+        def _loader(self, ds: WindowDataset, shuffle: bool) -> DataLoader:
+            batches = WindowBatches(ds.lengths, self.tcfg.batch_size, shuffle, self.tcfg.seed,
+                                    self.trainer.world_size, self.trainer.global_rank)  # fmt: skip
+            return DataLoader(ds, batch_sampler=batches, num_workers=self.tcfg.num_workers,
+                              persistent_workers=self.tcfg.num_workers > 0)  # fmt: skip
+
+        def train_dataloader(self) -> DataLoader:
+            return self._loader(self.train_ds, shuffle=True)
+
+        def val_dataloader(self) -> DataLoader:
+            return self._loader(self.val_ds, shuffle=False)
+
+    return WindowData
 
 
 def _quiet_lightning() -> None:
