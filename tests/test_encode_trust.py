@@ -36,8 +36,12 @@ def _rows(out: Path) -> pd.DataFrame:
     return pd.read_parquet(out).sort_values(["path", "frame_in_recording"]).reset_index(drop=True)
 
 
-def _child(code: str) -> subprocess.Popen:
-    """A real encoding process (stdout/stderr kept out of the way)."""
+def _encoding_child(patch: str, root: Path, run: Path, out: Path, **kwargs) -> subprocess.Popen:
+    """A real encoding process, with ``patch`` (code using ``e`` = ecovae.encode and ``time``) run
+    first to hold it at the moment a test needs; stdout kept out of the way."""
+    args = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+    code = (f"import time, ecovae.encode as e\n{patch}\n"
+            f"e.encode({str(root)!r}, {str(run)!r}, {str(out)!r}, progress=False{args})\n")  # fmt: skip
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -58,15 +62,13 @@ def test_kill_between_the_merge_and_the_cleanup_leaves_one_row_per_frame(untrain
     # The child stops for good right after the merged file is renamed into place, before the
     # parts are removed (the window a scheduler's SIGKILL can hit); then it is killed by PID.
     out = tmp_path / "latents.parquet"
-    code = (
-        "import shutil, time, ecovae.encode as e\n"
+    patch = (
         "def stuck(path, *a, **k):\n"
         "    if str(path).endswith('.partial'):\n"
         "        time.sleep(3600)\n"
-        "e.shutil = type('S', (), {'rmtree': staticmethod(stuck)})\n"
-        f"e.encode({str(root)!r}, {str(untrained_run)!r}, {str(out)!r}, progress=False)\n"
+        "e.shutil = type('S', (), {'rmtree': staticmethod(stuck)})"
     )
-    proc = _child(code)
+    proc = _encoding_child(patch, root, untrained_run, out)
     partial = out.with_name(out.name + ".partial")
     _wait_for(lambda: out.is_file() and partial.is_dir(), proc)
     time.sleep(0.2)
@@ -87,16 +89,14 @@ def test_a_second_process_on_the_same_output_is_refused(untrained_run, tmp_path,
     root = _survey(tmp_path / "survey", 4)
     out = tmp_path / name
     # The first run holds the output: it sleeps in its first file, as a long file would take.
-    code = (
-        "import time, ecovae.encode as e\n"
+    patch = (
         "real = e.encode_stream\n"
         "def slow(*a, **k):\n"
         "    time.sleep(3600)\n"
         "    yield from real(*a, **k)\n"
-        "e.encode_stream = slow\n"
-        f"e.encode({str(root)!r}, {str(untrained_run)!r}, {str(out)!r}, progress=False)\n"
+        "e.encode_stream = slow"
     )
-    proc = _child(code)
+    proc = _encoding_child(patch, root, untrained_run, out)
     lock = out / "_lock" if name == "latents" else out.with_name(out.name + ".lock")
     _wait_for(lambda: lock.is_file() and lock.read_text().startswith("pid"), proc)
     try:
@@ -142,17 +142,14 @@ def test_a_killed_run_commits_on_time_not_only_on_rows(untrained_run, tmp_path):
     encode(root, untrained_run, reference, progress=False)
     out = tmp_path / "latents"
     # Slowed to about 0.3 s a file, with a frame bound it would never reach: only time commits.
-    code = (
-        "import time, ecovae.encode as e\n"
+    patch = (
         "real = e.record\n"
         "def slow(*a):\n"
         "    time.sleep(0.3)\n"
         "    real(*a)\n"
-        "e.record = slow\n"
-        f"e.encode({str(root)!r}, {str(untrained_run)!r}, {str(out)!r}, rows_per_part=10**9, commit_seconds=0.5,"
-        " progress=False)\n"
+        "e.record = slow"
     )
-    proc = _child(code)
+    proc = _encoding_child(patch, root, untrained_run, out, rows_per_part=10**9, commit_seconds=0.5)
     _wait_for(lambda: any(out.glob("part-*.parquet")), proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

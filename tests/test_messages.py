@@ -32,7 +32,8 @@ def _survey(root: Path, n: int = 3) -> Path:
 
 def _ok_error(result, *needles: str) -> None:
     assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
     for needle in needles:
         assert needle in result.output, result.output
 

@@ -37,7 +37,6 @@ import signal
 import socket
 import sys
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -50,6 +49,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ecovae.audio import AUDIO_EXTENSIONS, BadAudio, Recording, discover, open_recording
+from ecovae.files import atomic_file
 from ecovae.model import SoundscapeVAE
 from ecovae.spectrogram import SpectrogramConfig, expected_frames, iter_clips, remainder_seconds
 
@@ -440,26 +440,10 @@ def write_part(
     ``name`` rewrites an existing part in place (the rename replaces it whole).
     """
     final = folder / (name or part_name(entries))
-    # a unique temporary name: two workers may redo the same part at once
-    tmp = tmp_dir / f"{final.name}.{uuid.uuid4().hex[:8]}.tmp"
     table = pa.concat_tables(tables) if tables else schema.empty_table()
-    try:
+    with atomic_file(final, tmp_dir) as tmp:  # the rename is the commit point: these files are now done
         pq.write_table(table.replace_schema_metadata(_footer(entries, identity)), tmp)
-        _fsync(tmp)
-        os.replace(tmp, final)  # the commit point: these files are now done
-    finally:
-        tmp.unlink(missing_ok=True)  # a disk that filled up mid-write leaves no debris
-    _fsync(folder)
     return final
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file (or a folder's entries) to the disk, so a power cut cannot undo a commit."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_index(path: Path) -> tuple[dict[str, dict], dict | None]:
@@ -688,7 +672,8 @@ def encode(
         index = _finish(layout, schema, identity, drop)
         _account(summary, index, {p.relative_to(_base(root)).as_posix() for p in files})
         summary.wall_time_s = round(time.time() - t0, 3)
-        _write_text(summary_path(out), json.dumps(summary.to_dict(), indent=2) + "\n")
+        with atomic_file(summary_path(out)) as tmp:
+            tmp.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary
 
 
@@ -756,12 +741,6 @@ def _stat(path: Path) -> tuple[int, int]:
     except OSError:
         return 0, 0
     return st.st_size, st.st_mtime_ns
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _encode_local(
@@ -870,9 +849,8 @@ def _finish(layout: Layout, schema: pa.Schema, identity: dict, drop: set[str]) -
     keep = {rel: e for rel, e in index.merged.items() if rel not in in_parts and rel not in drop}
     entries = {**keep, **in_parts}
     footer = _footer(entries, identity)
-    tmp = out.with_name(out.name + ".tmp")
     rows = 0
-    try:
+    with atomic_file(out, layout.tmp) as tmp:
         with pq.ParquetWriter(tmp, schema.with_metadata(footer)) as writer:
             # the earlier output first, then the new parts in file order; streamed row group by
             # row group, so memory stays that of one row group
@@ -892,10 +870,5 @@ def _finish(layout: Layout, schema: pa.Schema, identity: dict, drop: set[str]) -
                     t = f.read_row_group(g)
                     writer.write_table(t.replace_schema_metadata(footer))
                     rows += t.num_rows
-        _fsync(tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync(out.parent)
     shutil.rmtree(layout.parts)
     return OutputIndex({}, entries, rows)

@@ -26,8 +26,6 @@ import os
 import platform
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -38,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ecovae import __version__
 from ecovae.audio import BadAudio, discover, open_recording
+from ecovae.files import atomic_file
 from ecovae.model import SoundscapeVAE, VAEConfig, preset
 from ecovae.spectrogram import SpectrogramConfig, iter_clips
 
@@ -359,35 +358,6 @@ class TrainingStopped(Exception):
 
 
 # --------------------------------------------------------------------------- the run folder
-
-
-@contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; when the block succeeds, flush it to disk and rename
-    it into place with the mode the umask gives (never half a file; no debris when the disk is full)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create files 0600
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_weights(model: SoundscapeVAE, run_dir: Path) -> None:
