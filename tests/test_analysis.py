@@ -15,10 +15,10 @@ from sklearn.pipeline import make_pipeline
 from ecovae.descriptors import (
     MixtureMoments,
     MixtureSampleClassifier,
-    Recordings,
     TimeAveraged,
+    Units,
     describe,
-    group_recordings,
+    group_units,
     read_latents,
     sample_mixture,
 )
@@ -43,7 +43,7 @@ def test_mixture_moments_match_samples_from_the_mixture():
     np.testing.assert_allclose(TimeAveraged().fit_transform([rec])[0], mu.mean(0), rtol=1e-6)
 
 
-def _designed_sites(n_per_site: int = 12, frames: int = 40, dim: int = 4, seed: int = 0) -> Recordings:
+def _designed_sites(n_per_site: int = 12, frames: int = 40, dim: int = 4, seed: int = 0) -> Units:
     """Two sites with the same time-averaged latent: at A a source is on in alternate frames
     (periodic, bimodal), at B it is always half on. Only the mixture sees the difference."""
     rng = np.random.default_rng(seed)
@@ -55,8 +55,8 @@ def _designed_sites(n_per_site: int = 12, frames: int = 40, dim: int = 4, seed: 
             mu[:, 0] += level + rng.normal(0, 0.2)  # recording-level jitter of the mean
             logvar = np.full((frames, dim), np.log(0.05), np.float32)
             recs.append(np.concatenate([mu, logvar], 1))
-            rows.append({"path": f"{site}/{i}.wav", "site": site})
-    return Recordings(recs, pd.DataFrame(rows), dim)
+            rows.append({"unit": f"{site}/{i}.wav", "site": site})
+    return Units(recs, pd.DataFrame(rows), dim)
 
 
 def test_mixture_separates_sites_that_differ_only_in_temporal_structure():
@@ -96,32 +96,35 @@ def test_site_classification_on_a_simulated_survey(simulated, tmp_path):
     from sklearn.metrics import balanced_accuracy_score
 
     _, _, latents = simulated
-    recs = group_recordings(read_latents(latents))
+    recs = group_units(read_latents(latents))
     ev = evaluate_descriptors(recs, "site", seed=0)
     write_evaluation(ev, tmp_path, latents)
     assert ev.n_recordings == 48 and ev.classes == ["site1", "site2", "site3", "site4"]
     assert ev.chance["balanced_accuracy"] == 0.25
     predictions = pd.read_parquet(tmp_path / "predictions.parquet")
-    metrics = pd.read_csv(tmp_path / "metrics.csv").set_index(["descriptor", "classifier"])
+    metrics = pd.read_csv(tmp_path / "metrics.csv").set_index(["features", "descriptor", "classifier"])
     per_class = pd.read_csv(tmp_path / "per_class.csv")
     assert set(per_class["class"]) == set(ev.classes)
-    for (kind, clf), group in predictions.groupby(["descriptor", "classifier"]):
-        assert len(group) == 48 and set(group["path"]) == set(recs.meta["path"])
+    for (feats, kind, clf), group in predictions.groupby(["features", "descriptor", "classifier"]):
+        assert len(group) == 48 and set(group["unit"]) == set(recs.meta["path"])
         # every recording is tested exactly once, in a fold that holds none of its training data
         assert group["fold"].nunique() == ev.n_folds
         probabilities = group[[f"p_{c}" for c in ev.classes]].to_numpy()
         np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-6)
         assert (np.array(ev.classes)[probabilities.argmax(1)] == group["predicted"]).all()
         score = balanced_accuracy_score(group["true"], group["predicted"])
-        assert metrics.loc[(kind, clf), "balanced_accuracy"] == pytest.approx(score)
-        recalls = per_class[(per_class.descriptor == kind) & (per_class.classifier == clf)]["recall"]
-        assert recalls.mean() == pytest.approx(score)
-        counts = pd.read_csv(tmp_path / f"confusion_{kind}_{clf}.csv", index_col=0)
+        assert metrics.loc[(feats, kind, clf), "balanced_accuracy"] == pytest.approx(score)
+        rows = per_class[(per_class.features == feats) & (per_class.descriptor == kind) & (per_class.classifier == clf)]
+        assert rows["recall"].mean() == pytest.approx(score)
+        counts = pd.read_csv(tmp_path / f"confusion_{feats}_{kind}_{clf}.csv", index_col=0)
         assert list(counts.index) == ev.classes and counts.to_numpy().sum() == 48
         expected = pd.crosstab(group["true"], group["predicted"]).reindex(index=ev.classes, columns=ev.classes,
                                                                           fill_value=0)  # fmt: skip
         np.testing.assert_array_equal(counts.to_numpy(), expected.to_numpy())
-        assert (tmp_path / f"confusion_{kind}_{clf}.png").stat().st_size > 1000
+    info = json.loads((tmp_path / "evaluation.json").read_text())
+    best = metrics["balanced_accuracy"].idxmax()
+    assert (info["best"]["features"], info["best"]["descriptor"], info["best"]["classifier"]) == best
+    assert (tmp_path / info["confusion_images"][f"{best[0]} {best[1]} / {best[2]}"]).stat().st_size > 1000
 
 
 def test_day_vs_night_on_the_jura_series(shared_data, shared_run, tmp_path):
@@ -129,7 +132,7 @@ def test_day_vs_night_on_the_jura_series(shared_data, shared_run, tmp_path):
     latents = tmp_path / "latents.parquet"
     encode(shared_data, run, latents, labels_csv=shared_data / "MANIFEST.csv", progress=False)
     frames = read_latents(latents)
-    jura = group_recordings(frames[frames["path"].str.startswith("maad_jura_diel/")])
+    jura = group_units(frames[frames["path"].str.startswith("maad_jura_diel/")])
     assert len(jura.meta) == 96
     ev = evaluate_descriptors(jura, "day_night", seed=0)
     best = ev.summary["balanced_accuracy"].max()
@@ -171,7 +174,7 @@ def test_recorder_offsets_are_fitted_on_what_they_are_given():
 def test_saliency_and_boundary_walk(simulated):
     survey, run, latents = simulated
     model, spec = load_model(run)
-    recs = group_recordings(read_latents(latents))
+    recs = group_units(read_latents(latents))
     z = TimeAveraged().fit_transform(recs.frames)
     y = recs.meta["site"].astype(str).to_numpy()
     x = first_clip(survey / recs.meta["path"][0], survey, spec, max_frames=4)
@@ -194,7 +197,7 @@ def test_report_escapes_names_and_has_every_section(simulated, tmp_path):
     latents = tmp_path / "latents.parquet"
     summary = encode(copy, run, latents, progress=False)
     assert "<script>alert(1)</script>.wav" in summary.skipped
-    recs = group_recordings(read_latents(latents))
+    recs = group_units(read_latents(latents))
     eval_dir = tmp_path / "eval"
     write_evaluation(evaluate_descriptors(recs, "site", kinds=("mean",), seed=0), eval_dir, latents)
     html = write_report(run, eval_dir, tmp_path / "report.html").read_text()
@@ -222,7 +225,7 @@ def test_encoding_with_hardware_correction_brings_recorders_together(untrained_r
         result = CliRunner().invoke(app, ["encode", str(hardware_survey), "--model", str(untrained_run), "--out",
                                           str(out), "--quiet", *extra])  # fmt: skip
         assert result.exit_code == 0, result.output
-        recs = group_recordings(read_latents(out))
+        recs = group_units(read_latents(out))
         z = TimeAveraged().fit_transform(recs.frames)
         by = recs.meta["recorder_model"].to_numpy()
         gaps[name] = np.linalg.norm(z[by == "bright"].mean(0) - z[by == "dull"].mean(0))

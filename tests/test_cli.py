@@ -60,5 +60,10 @@ def test_quickstart_end_to_end(tmp_path):
     interpretation = json.loads((out / "eval" / "interpretation.json").read_text())
     assert interpretation["saliency"]["finite"] and interpretation["reconstruction"]["frames"] > 0
     metrics = pd.read_csv(out / "eval" / "metrics.csv")
-    assert {"mean", "moments", "mixture", "indices", "logmel"} <= set(metrics["descriptor"])
+    assert {"vae", "indices", "logmel"} <= set(metrics["features"])
+    # every feature set through every descriptor, on the same units
+    assert (metrics.groupby("features")["descriptor"].apply(set) == {"mean", "moments", "mixture"}).all()
+    evaluation = json.loads((out / "eval" / "evaluation.json").read_text())
+    assert evaluation["vae"]["features"] == "vae" and "logmel" in evaluation["against"]
+    assert "Verdict" in html
     assert (out / "eval" / "hardware.json").is_file() and (out / "methods.json").is_file()

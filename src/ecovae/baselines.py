@@ -1,19 +1,27 @@
-"""Baseline feature sets, one row per recording, to score beside the VAE's descriptors.
+"""Baseline feature sets, per window of each recording, keyed like the latents (path, frame_offset_s).
 
+So that the VAE and every baseline are compared on the same footing (the same
+units of analysis, the same descriptors, the same folds), a baseline is a
+table of windows, not one row per recording:
+
+* ``logmel``: the frame's mean log-mel per band, written by ``ecovae encode``
+  beside each posterior (see :mod:`ecovae.latents`): nothing to compute here;
 * ``indices``: scikit-maad's standard temporal and spectral alpha acoustic
-  indices (the features ecologists use most), computed per 59.904 s clip on
-  the 48 kHz audio and averaged over the clips of a recording;
-* ``logmel``: the mean log-mel spectrum (the "no learning" baseline, from the
-  same spectrogram the VAE sees);
-* ``birdnet``: BirdNET embeddings (1024-d per 3 s window, averaged), when the
+  indices (the features ecologists use most) per window of ``INDICES_FRAMES``
+  frames (15.36 s) on the 48 kHz audio;
+* ``birdnet``: BirdNET embeddings, one 1024-d row per 3 s window, when the
   optional extra is installed.
 
-Files the encoder skipped are skipped here too (the same reader).
+Windows are computed once and kept in a cache (one Parquet file per feature
+set), reused while a file's size and modification time and the settings stay
+the same. Files the encoder skipped are skipped here too (the same reader).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -21,85 +29,189 @@ import numpy as np
 import pandas as pd
 
 from ecovae.audio import BadAudio, Recording, iter_blocks, open_recording
-from ecovae.spectrogram import SpectrogramConfig, mean_logmel
+from ecovae.descriptors import Units, group_units
+from ecovae.files import atomic_file
+from ecovae.latents import feature_columns
+from ecovae.spectrogram import SpectrogramConfig
 
 log = logging.getLogger(__name__)
 
 BASELINES = ("indices", "logmel", "birdnet")
+FROM_AUDIO = ("indices", "birdnet")  # logmel comes with the latents
+INDICES_FRAMES = 10  # 15.36 s: long enough for the indices' own statistics, short enough to see a day change
 
 
-def _clip_audio(rec: Recording, spec: SpectrogramConfig):
-    """The recording's 48 kHz audio, a clip at a time (the last one shorter)."""
-    buffer = np.zeros(0, np.float32)
-    for block in iter_blocks(rec, spec.sample_rate):
+def _windows(rec: Recording, samples: int, min_samples: int, max_seconds: float | None = None):
+    """(offset in seconds, audio) for consecutive windows of 48 kHz audio; the last may be shorter."""
+    buffer, offset = np.zeros(0, np.float32), 0
+    limit = None if max_seconds is None else int(max_seconds * 48_000)
+    for block in iter_blocks(rec, 48_000):
         buffer = np.concatenate([buffer, block])
-        while len(buffer) >= spec.clip_samples:
-            yield buffer[: spec.clip_samples]
-            buffer = buffer[spec.clip_samples :]
-    if len(buffer) >= spec.frame_samples:
-        yield buffer
+        while len(buffer) >= samples:
+            if limit is not None and offset + samples > limit:
+                break
+            yield offset / 48_000, buffer[:samples]
+            buffer, offset = buffer[samples:], offset + samples
+        if limit is not None and offset + len(buffer) >= limit:
+            buffer = buffer[: max(0, limit - offset)]
+            break
+    if len(buffer) >= min_samples:
+        yield offset / 48_000, buffer
 
 
-def acoustic_indices(rec: Recording, spec: SpectrogramConfig = SpectrogramConfig(),
-                     max_seconds: float | None = None) -> pd.Series | None:  # fmt: skip
-    """scikit-maad's temporal and spectral alpha indices, averaged over clips (of the first ``max_seconds``)."""
+def acoustic_indices(audio: np.ndarray, sample_rate: int = 48_000) -> pd.Series:
+    """scikit-maad's temporal and spectral alpha indices of one window of audio, by name."""
     from maad import features, sound
 
-    rows = []
-    for i, audio in enumerate(_clip_audio(rec, spec)):
-        if max_seconds is not None:
-            audio = audio[: max(0, int((max_seconds - i * spec.clip_seconds) * spec.sample_rate))]
-            if len(audio) < spec.frame_samples:
-                break
-        x = audio.astype(np.float64)
-        fs = spec.sample_rate
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # maad warns on quiet and constant passages
-            temporal = features.all_temporal_alpha_indices(x, fs)
-            sxx, tn, fn, _ = sound.spectrogram(x, fs, nperseg=1024, noverlap=512)
-            spectral, _ = features.all_spectral_alpha_indices(
-                sxx, tn, fn, flim_low=[0, 1500], flim_mid=[1500, 8000], flim_hi=[8000, fs / 2]
-            )
-        rows.append(pd.concat([temporal.iloc[0], spectral.iloc[0]]).astype(float))
-    return pd.concat(rows, axis=1).mean(axis=1) if rows else None
+    x = audio.astype(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # maad warns on quiet and constant passages
+        temporal = features.all_temporal_alpha_indices(x, sample_rate)
+        sxx, tn, fn, _ = sound.spectrogram(x, sample_rate, nperseg=1024, noverlap=512)
+        spectral, _ = features.all_spectral_alpha_indices(
+            sxx, tn, fn, flim_low=[0, 1500], flim_mid=[1500, 8000], flim_hi=[8000, sample_rate / 2]
+        )
+    return pd.concat([temporal.iloc[0], spectral.iloc[0]]).astype(float)
 
 
-def birdnet_embedding(rec: Recording, spec: SpectrogramConfig = SpectrogramConfig()) -> np.ndarray | None:
-    from ecovae import birdnet
+def recording_windows(rec: Recording, kind: str, spec: SpectrogramConfig = SpectrogramConfig(),
+                      indices_seconds: float | None = None):
+    """(offsets, (n, k) values, names) of one recording."""
+    if kind == "indices":
+        rows, offsets = [], []
+        for offset, audio in _windows(rec, INDICES_FRAMES * spec.frame_samples, spec.frame_samples, indices_seconds):
+            rows.append(acoustic_indices(audio, spec.sample_rate))
+            offsets.append(offset)
+        names = list(rows[0].index) if rows else []
+        return offsets, np.array([r.to_numpy() for r in rows]).reshape(len(rows), -1), names
+    if kind == "birdnet":
+        from ecovae import birdnet
 
-    chunks = [birdnet.embed(a) for a in _clip_audio(rec, spec)]
-    e = np.concatenate(chunks) if chunks else np.zeros((0, birdnet.EMBEDDING_DIM))
-    return e.mean(0).astype(np.float32) if len(e) else None
+        offsets, chunks = [], []
+        for offset, audio in _windows(rec, 20 * birdnet.WINDOW, birdnet.WINDOW):
+            e = birdnet.embed(audio)
+            chunks.append(e)
+            offsets += [offset + i * birdnet.WINDOW / 48_000 for i in range(len(e))]
+        values = np.concatenate(chunks) if chunks else np.zeros((0, birdnet.EMBEDDING_DIM))
+        return offsets, values, [f"birdnet_{i}" for i in range(values.shape[1])]
+    raise ValueError(f"unknown baseline {kind!r}; choose from {BASELINES}")
 
 
-FEATURES = {"indices": acoustic_indices, "logmel": mean_logmel, "birdnet": birdnet_embedding}
+def _settings(kind: str, spec: SpectrogramConfig, indices_seconds: float | None) -> dict:
+    if kind == "indices":
+        return {"kind": kind, "window_s": INDICES_FRAMES * spec.frame_seconds, "max_seconds": indices_seconds}
+    return {"kind": kind, "window_s": 3.0}
 
 
-def baseline_features(root: Path | str, paths: list[str], kinds=("indices", "logmel"),
-                      spec: SpectrogramConfig = SpectrogramConfig(),
-                      indices_seconds: float | None = None) -> dict[str, np.ndarray]:  # fmt: skip
-    """name -> (len(paths), k) array, rows in the order of ``paths``; NaN rows for unreadable files.
+def baseline_windows(root: Path | str, paths: list[str], kind: str, cache: Path | str | None = None,
+                     spec: SpectrogramConfig = SpectrogramConfig(), indices_seconds: float | None = None,
+                     progress: bool = False) -> pd.DataFrame:  # fmt: skip
+    """One row per window: path, frame_offset_s and ``{kind}_000...``; windows with non-finite values left out.
 
-    ``indices_seconds`` limits the acoustic indices to the first seconds of each
-    recording (scikit-maad's region-of-interest indices cost about 0.1 s per second of audio).
+    With ``cache`` (a folder), windows are read from ``cache/{kind}.parquet`` for files whose
+    size and modification time match, computed for the others, and the cache rewritten.
+    ``indices_seconds`` limits the indices to each recording's first seconds (scikit-maad
+    costs about 0.1 s per second of audio).
     """
-    from ecovae import birdnet
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     root = Path(root)
-    kinds = [k for k in kinds if k != "birdnet" or birdnet.available()]
-    columns: dict[str, list] = {k: [] for k in kinds}
-    for rel in paths:
+    settings = _settings(kind, spec, indices_seconds)
+    cached = pd.DataFrame()
+    cache_file = Path(cache) / f"{kind}.parquet" if cache else None
+    if cache_file is not None and cache_file.is_file():
         try:
-            rec = open_recording(root / rel, root)
-            for k in kinds:
-                limit = {"max_seconds": indices_seconds} if k == "indices" else {}
-                columns[k].append(FEATURES[k](rec, spec, **limit))
+            meta = pq.read_schema(cache_file).metadata or {}
+            if json.loads(meta.get(b"ecovae_baseline", b"{}")) == settings:
+                cached = pd.read_parquet(cache_file)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            log.warning("baselines: ignored unreadable cache %s (%s)", cache_file, e)
+    stats = {}
+    for rel in paths:
+        st = (root / rel).stat()
+        stats[rel] = (st.st_size, st.st_mtime_ns)
+    fresh = set()
+    if len(cached):
+        ok = [stats.get(p) == (s, m) for p, s, m in zip(cached["path"], cached["_size"], cached["_mtime_ns"], strict=True)]
+        cached = cached[np.array(ok, bool)]
+        fresh = set(cached["path"])
+    todo = [p for p in paths if p not in fresh]
+    frames, names, t0 = [cached], None, time.time()
+    for i, rel in enumerate(todo):
+        try:
+            offsets, values, names_ = recording_windows(open_recording(root / rel, root), kind, spec, indices_seconds)
         except BadAudio as e:
             log.warning("baselines: skipped %s", e)
-            for k in kinds:
-                columns[k].append(None)
+            continue
+        names = names or names_
+        df = pd.DataFrame(values.astype(np.float32), columns=feature_columns(f"{kind}_", values.shape[1]))
+        df.insert(0, "path", rel)
+        df.insert(1, "frame_offset_s", np.asarray(offsets, float))
+        df["_size"], df["_mtime_ns"] = stats[rel]
+        frames.append(df)
+        if progress and (i + 1) % 10 == 0:
+            rate = (i + 1) / (time.time() - t0)
+            log.info("%s: %d/%d files, ETA %.0f s", kind, i + 1, len(todo), (len(todo) - i - 1) / rate)
+    table = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
+    if cache_file is not None and todo and len(table):
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        arrow = pa.Table.from_pandas(table, preserve_index=False)
+        arrow = arrow.replace_schema_metadata({"ecovae_baseline": json.dumps(settings),
+                                               "ecovae_names": json.dumps(names or [])})  # fmt: skip
+        with atomic_file(cache_file) as tmp:
+            pq.write_table(arrow, tmp)
+    if table.empty:
+        return table
+    table = table[table["path"].isin(set(paths))].drop(columns=["_size", "_mtime_ns"])
+    values = table[[c for c in table.columns if c.startswith(f"{kind}_")]].to_numpy()
+    finite = np.isfinite(values).all(1)
+    if not finite.all():
+        log.warning("baselines: %s left out %d windows with non-finite values", kind, int((~finite).sum()))
+    return table[finite].reset_index(drop=True)
+
+
+def baseline_units(windows: pd.DataFrame, latents: pd.DataFrame, kind: str, unit=None, window=None) -> Units:
+    """A baseline's windows as units of analysis, with the labels and times of the latents' recordings."""
+    fixed = ["path", "start_time"]
+    labels = [c for c in latents.columns if not c.startswith(("mu_", "logvar_", "logmel_"))
+              and c not in ("frame_time", "source_sample_rate", "source_channels", "clip_index", "frame_index",
+                            "frame_in_recording", "frame_offset_s", "silent")]  # fmt: skip
+    per_recording = latents[[*dict.fromkeys(fixed + labels)]].drop_duplicates("path")
+    table = windows.merge(per_recording, on="path", how="inner")
+    if "start_time" in table.columns:
+        table["frame_time"] = pd.to_datetime(table["start_time"]) + pd.to_timedelta(table["frame_offset_s"], unit="s")
+    return group_units(table, unit, window, features=kind)
+
+
+def baseline_sets(latents: pd.DataFrame, kinds, root: Path | str | None, cache: Path | str | None = None,
+                  unit=None, window=None, spec: SpectrogramConfig = SpectrogramConfig(),
+                  indices_seconds: float | None = None, progress: bool = False) -> dict[str, Units]:  # fmt: skip
+    """name -> the baseline's units (the same units as the latents'): log-mel from the latents themselves,
+    the others from the audio under ``root`` (computed once, cached in ``cache``)."""
+    from ecovae import birdnet
+
+    unknown = set(kinds) - set(BASELINES)
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
     out = {}
-    for k, rows in columns.items():
-        width = next((len(r) for r in rows if r is not None), 0)
-        out[k] = np.stack([np.full(width, np.nan) if r is None else np.asarray(r, float) for r in rows])
+    for kind in kinds:
+        if kind == "logmel":
+            if any(c.startswith("logmel_") for c in latents.columns):
+                out[kind] = group_units(latents, unit, window, features="logmel")
+            else:
+                log.warning("log-mel baseline skipped: these latents were encoded without it (re-encode to add it)")
+            continue
+        if kind == "birdnet" and not birdnet.available():
+            log.warning("BirdNET baseline skipped: install the extra, pip install 'ecovae[birdnet]'")
+            continue
+        if root is None:
+            log.warning("%s baseline skipped: it needs the audio (--recordings or --model)", kind)
+            continue
+        paths = latents["path"].drop_duplicates().tolist()
+        windows = baseline_windows(root, paths, kind, cache, spec, indices_seconds, progress)
+        if windows.empty:
+            log.warning("%s baseline skipped: no file gave a window", kind)
+            continue
+        out[kind] = baseline_units(windows, latents, kind, unit, window)
     return out

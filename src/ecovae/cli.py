@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -63,6 +64,7 @@ def simulate(
     sites: int = typer.Option(4, help="Sites along the degradation gradient."),
     recorders: int = typer.Option(2, help="Recorders per site (models alternate)."),
     days: int = typer.Option(1, help="Days recorded."),
+    habitats: int = typer.Option(0, help="Habitat levels along the degradation gradient (0: one per site); sites of a habitat differ in their day."),
     hours: str = typer.Option("0,5.5,7,12,18,21.5", help="Recording start hours, comma-separated."),
     duration: float = typer.Option(60.0, help="Seconds per recording."),
     seed: int = typer.Option(0, help="Random seed: the survey depends on it alone."),
@@ -74,7 +76,7 @@ def simulate(
         hour_list = tuple(float(h) for h in hours.split(",") if h.strip())
     except ValueError:
         _fail(f"--hours must be numbers separated by commas, not {hours!r}")
-    labels = simulate_survey(out, sites, recorders, hour_list, days, duration, seed)
+    labels = simulate_survey(out, sites, recorders, hour_list, days, duration, seed, habitats=habitats or None)
     n = sites * recorders * days * len(hour_list)
     typer.echo(f"wrote {n} recordings of {duration:g} s under {out}/ and their labels in {labels}")
 
@@ -201,20 +203,28 @@ def _recordings_root(run_dir: Path | None, given: Path | None) -> Path:
     return Path(recordings)
 
 
+Unit = Annotated[str | None, typer.Option(help="Unit of analysis: label columns whose values make one unit, e.g. 'site,recorder' (default: each recording).")]
+Window = Annotated[str | None, typer.Option(help="Also cut units by time: a pandas frequency, e.g. 1D (one unit per day), 6h.")]
+
+
 @app.command()
 def describe(
     latents: Latents,
     out: Annotated[Path, typer.Option("--out", help="Parquet file of descriptors.")],
     kind: Annotated[str, typer.Option(help="mean (of mu), moments (mixture mean and variance) or mixture (samples).")] = "moments",
-    samples: Annotated[int, typer.Option(help="Samples per recording for --kind mixture.")] = 64,
+    unit: Unit = None,
+    window: Window = None,
+    features: Annotated[str, typer.Option(help="vae (the posteriors) or logmel (the frames' mean log-mel per band).")] = "vae",
+    samples: Annotated[int, typer.Option(help="Samples per unit for --kind mixture.")] = 64,
     seed: int = 0,
 ) -> None:
-    """Soundscape descriptors: one row per recording (or per mixture sample), with its labels."""
+    """Soundscape descriptors: one row per unit (a recording, or e.g. a site-day) or per mixture sample, with its labels."""
+    _setup_logging(False)
     from ecovae.descriptors import describe as make_descriptors
-    from ecovae.descriptors import group_recordings, read_latents
+    from ecovae.descriptors import group_units, read_latents
 
     with _user_errors():
-        table = make_descriptors(group_recordings(read_latents(latents)), kind, samples, seed)
+        table = make_descriptors(group_units(read_latents(latents), unit, window, features), kind, samples, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out, index=False)
     typer.echo(f"wrote {len(table)} rows of {kind} descriptors to {out}")
@@ -225,29 +235,30 @@ def evaluate(
     latents: Latents,
     target: Annotated[str, typer.Option(help="Label column to classify (site, habitat, day_night, ...).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics, confusion matrices and predictions.")],
-    group: Annotated[str | None, typer.Option(help="Label column whose values never straddle a split (default: the recording).")] = None,
+    unit: Unit = None,
+    window: Window = None,
+    group: Annotated[str | None, typer.Option(help="Label column whose values never straddle a split, e.g. site for new sites (default: the unit).")] = None,
     folds: Annotated[int, typer.Option(help="Cross-validation folds (fewer if a class has fewer groups).")] = 5,
     recorder: Annotated[str | None, typer.Option(help="Recorder label column: also run the hardware check (needs --model).")] = None,
     model: Annotated[Path | None, typer.Option("--model", help="Run folder (for the hardware check).")] = None,
     recordings: Annotated[Path | None, typer.Option(help="Audio folder (default: the run's).")] = None,
     labels: Annotated[Path | None, typer.Option(help="Labels CSV of the recordings (for the hardware check).")] = None,
-    baselines: Annotated[str, typer.Option(help="Baseline feature sets scored beside (needs the audio: --model or --recordings); '' for none.")] = BASELINE_DEFAULT,
+    baselines: Annotated[str, typer.Option(help="Baseline feature sets scored beside; indices and birdnet need the audio (--model or --recordings); '' for none.")] = BASELINE_DEFAULT,
+    cache: Annotated[Path | None, typer.Option(help="Folder caching the baselines' windows (default: LATENTS.baselines/ beside the latents).")] = None,
     seed: int = 0,
 ) -> None:
-    """Cross-validated classification from every descriptor kind (and baselines), with metrics and confusion matrices."""
+    """Cross-validated classification of units from every feature set and descriptor, with metrics and confusion matrices."""
     _setup_logging(False)
-    from ecovae.descriptors import group_recordings, read_latents
+    from ecovae.descriptors import group_units, read_latents
     from ecovae.evaluate import evaluate_descriptors, write_evaluation
 
+    root = _recordings_root(model, recordings) if (model is not None or recordings is not None) else None
     with _user_errors():
-        recs = group_recordings(read_latents(latents))
-    features = None
-    if baselines and (model is not None or recordings is not None):
-        features = _baselines(_recordings_root(model, recordings), recs, baselines)
-    elif baselines:
-        typer.echo("baselines skipped: pass --model RUN/ or --recordings DIR so the audio can be read")
-    with _user_errors():
-        ev = evaluate_descriptors(recs, target, group, n_splits=folds, seed=seed, features=features)
+        frames = read_latents(latents)
+        units = group_units(frames, unit, window)
+        features = _baselines(frames, baselines, root, cache or _cache_beside(latents), unit, window)
+        ev = evaluate_descriptors(units, target, group, n_splits=folds, seed=seed, features=features,
+                                  unit=_unit_name(unit, window))  # fmt: skip
         write_evaluation(ev, out, latents)
     _print_evaluation(ev)
     if recorder:
@@ -257,27 +268,42 @@ def evaluate(
     typer.echo(f"evaluation in {out}/ (metrics.csv, per_fold.csv, per_class.csv, confusion_*.png, predictions.parquet)")
 
 
-def _baselines(root: Path, recs, names: str, indices_seconds: float | None = None) -> dict:
-    from ecovae import birdnet
-    from ecovae.baselines import BASELINES, baseline_features
+def _cache_beside(latents: Path) -> Path:
+    return latents.with_name(latents.name.removesuffix(".parquet") + ".baselines")
+
+
+def _unit_name(unit: str | None, window: str | None) -> str:
+    from ecovae.descriptors import parse_unit
+
+    name = ",".join(parse_unit(unit)) or "recording"
+    return f"{name} per {window}" if window else name
+
+
+def _baselines(frames, names: str, root: Path | None, cache: Path | None, unit: str | None, window: str | None,
+               indices_seconds: float | None = None) -> dict:  # fmt: skip
+    from ecovae.baselines import baseline_sets
 
     kinds = [k.strip() for k in names.split(",") if k.strip()]
-    unknown = set(kinds) - set(BASELINES)
-    if unknown:
-        _fail(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
-    if "birdnet" in kinds and not birdnet.available():
-        typer.echo("BirdNET baseline skipped: install the extra, pip install 'ecovae[birdnet]'")
-    limit = f" (indices on the first {indices_seconds:g} s of each)" if indices_seconds else ""
-    typer.echo(f"baseline features ({', '.join(kinds)}) for {len(recs.meta)} recordings{limit} ...")
-    return baseline_features(root, recs.meta["path"].tolist(), kinds, indices_seconds=indices_seconds)
+    if not kinds:
+        return {}
+    limit = f" (indices on the first {indices_seconds:g} s of each recording)" if indices_seconds else ""
+    typer.echo(f"baseline features: {', '.join(kinds)}{limit}; cached in {cache}/")
+    return baseline_sets(frames, kinds, root, cache, unit, window, indices_seconds=indices_seconds, progress=True)
 
 
 def _print_evaluation(ev) -> None:
-    typer.echo(f"{ev.target}: {ev.n_recordings} recordings, {ev.n_folds} folds grouped by {ev.group}; "
+    from ecovae.evaluate import verdict
+
+    typer.echo(f"{ev.target}: {ev.n_units} units ({ev.unit}), {ev.n_folds} folds grouped by {ev.group}; "
                f"chance balanced accuracy {ev.chance['balanced_accuracy']:.3f}")  # fmt: skip
     for r in ev.summary.itertuples():
-        typer.echo(f"  {r.descriptor:>8} {r.classifier:>6}: balanced accuracy {r.balanced_accuracy:.3f}  "
-                   f"macro-F1 {r.macro_f1:.3f}  ROC-AUC {r.roc_auc:.3f}")  # fmt: skip
+        typer.echo(f"  {r.features:>8} {r.descriptor:>8} {r.classifier:>6}: balanced accuracy {r.balanced_accuracy:.3f}"
+                   f" (fold sd {r.balanced_accuracy_fold_sd:.3f})  macro-F1 {r.macro_f1:.3f}  ROC-AUC {r.roc_auc:.3f}")  # fmt: skip
+    v = verdict(ev.summary)
+    b = v["best"]
+    typer.echo(f"best: {b['features']} {b['descriptor']} / {b['classifier']} {b['balanced_accuracy']:.3f}")
+    for k, a in v.get("against", {}).items():
+        typer.echo(f"  VAE best vs {k} best: {a['difference']:+.3f}")
 
 
 def _hardware(run_dir: Path, root: Path, labels: Path | None, recorder: str, target: str, out: Path, seed: int) -> None:
@@ -312,7 +338,7 @@ def interpret(
     _setup_logging(False)
     import json
 
-    from ecovae.descriptors import group_recordings, read_latents
+    from ecovae.descriptors import group_units, read_latents
     from ecovae.interpret import interpret as run_interpretation
     from ecovae.train import load_model
 
@@ -322,7 +348,7 @@ def interpret(
     with _user_errors():
         vae, spec = load_model(model)
         run_info = json.loads((model / "run.json").read_text()) if (model / "run.json").is_file() else {}
-        info = run_interpretation(group_recordings(read_latents(latents)), vae, spec, _recordings_root(model, recordings),
+        info = run_interpretation(group_units(read_latents(latents)), vae, spec, _recordings_root(model, recordings),
                                   target, out, run_info, recording, pair, seed)  # fmt: skip
     walk = info["boundary_walk"]
     typer.echo(f"boundary walk {walk['from']} -> {walk['to']}: p = " + " ".join(f"{p:.2f}" for p in walk["probabilities"]))
@@ -348,7 +374,9 @@ def run(
     target: Annotated[str, typer.Option(help="Label column to classify.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for everything.")],
     labels: Annotated[Path | None, typer.Option(help="Labels CSV ('path' + label columns).")] = None,
-    group: Annotated[str | None, typer.Option(help="Label column for grouped folds (default: recording).")] = None,
+    unit: Unit = None,
+    window: Window = None,
+    group: Annotated[str | None, typer.Option(help="Label column for grouped folds (default: the unit).")] = None,
     recorder: Annotated[str | None, typer.Option(help="Recorder label column for the hardware check.")] = None,
     preset: Preset = "full",
     max_steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
@@ -357,15 +385,25 @@ def run(
 ) -> None:
     """Train, encode, evaluate, interpret and report, in one go (resumes where it stopped)."""
     _setup_logging(False)
-    _pipeline(recordings, out, labels, target, group, recorder, preset, max_steps, seed, quiet)
+    _pipeline(recordings, out, labels, target, Analysis(unit, window, group), recorder, preset, max_steps, seed, quiet)
 
 
-def _pipeline(recordings: Path, out: Path, labels: Path | None, target: str, group: str | None,
-              recorder: str | None, preset: str, max_steps: int | None, seed: int, quiet: bool,
-              indices_seconds: float | None = None) -> Path:  # fmt: skip
+@dataclass
+class Analysis:
+    """How the pipeline's evaluation is cut: units, time windows, fold groups; what it skips for speed."""
+
+    unit: str | None = None
+    window: str | None = None
+    group: str | None = None
+    indices_seconds: float | None = None
+    train: dict | None = None  # training settings beyond the preset (the quickstart's recipe)
+
+
+def _pipeline(recordings: Path, out: Path, labels: Path | None, target: str, analysis: Analysis,
+              recorder: str | None, preset: str, max_steps: int | None, seed: int, quiet: bool) -> Path:  # fmt: skip
     import json
 
-    from ecovae.descriptors import group_recordings, read_latents
+    from ecovae.descriptors import group_units, read_latents
     from ecovae.encode import encode as run_encoding
     from ecovae.evaluate import evaluate_descriptors, write_evaluation
     from ecovae.interpret import interpret as run_interpretation
@@ -376,26 +414,29 @@ def _pipeline(recordings: Path, out: Path, labels: Path | None, target: str, gro
     run_dir, latents, eval_dir = out / "run", out / "latents.parquet", out / "eval"
     resume = any((run_dir / "checkpoints").glob("*.ckpt"))
     typer.echo(f"[train] {run_dir}/" + (" (resuming)" if resume else ""))
-
+    a = analysis
     try:
         with _user_errors():
-            manifest = run_training(recordings, run_dir, train_preset(preset, max_steps=max_steps, seed=seed),
-                                    labels_csv=labels, resume=resume, progress=not quiet)  # fmt: skip
+            tcfg = train_preset(preset, max_steps=max_steps, seed=seed, **(a.train or {}))
+            manifest = run_training(recordings, run_dir, tcfg, labels_csv=labels, resume=resume, progress=not quiet)
             _print_training(run_dir, manifest)
             typer.echo(f"[encode] {latents}")
             typer.echo("\n".join(run_encoding(recordings, run_dir, latents, labels, progress=not quiet).lines()))
-            recs = group_recordings(read_latents(latents))
+            frames = read_latents(latents)
             typer.echo(f"[evaluate] {eval_dir}/")
-            features = _baselines(recordings, recs, BASELINE_DEFAULT, indices_seconds)
-            ev = evaluate_descriptors(recs, target, group, seed=seed, features=features)
-            notes = {"indices": f" (first {indices_seconds:g} s of each recording)"} if indices_seconds else None
+            features = _baselines(frames, BASELINE_DEFAULT, recordings, out / "baselines", a.unit, a.window,
+                                  a.indices_seconds)  # fmt: skip
+            units = group_units(frames, a.unit, a.window)
+            ev = evaluate_descriptors(units, target, a.group, seed=seed, features=features,
+                                      unit=_unit_name(a.unit, a.window))  # fmt: skip
+            notes = {"indices": f" (first {a.indices_seconds:g} s of each recording)"} if a.indices_seconds else None
             write_evaluation(ev, eval_dir, latents, notes)
             _print_evaluation(ev)
             if recorder:
                 _hardware(run_dir, recordings, labels, recorder, target, eval_dir, seed)
             typer.echo(f"[interpret] {eval_dir}/")
             model, spec = load_model(run_dir)
-            run_interpretation(recs, model, spec, recordings, target, eval_dir,
+            run_interpretation(units, model, spec, recordings, target, eval_dir,
                                json.loads((run_dir / "run.json").read_text()), seed=seed)  # fmt: skip
     except TrainingStopped as e:
         _fail(f"{e} (ecovae run resumes by itself)", code=143)
@@ -447,7 +488,8 @@ def quickstart(
         typer.echo(f"[simulate] a survey of {sites} sites x 2 recorders x {len(hour_list)} times of day in {survey}/")
         simulate_survey(survey, n_sites=sites, hours=hour_list, seed=seed, duration_s=duration)
     # A demo in minutes: the acoustic indices (slow) on the first 10 s of each recording only.
-    report_path = _pipeline(survey, out, None, "site", None, "recorder_model", "tiny", steps, seed, quiet, 10.0)
+    report_path = _pipeline(survey, out, None, "site", Analysis(indices_seconds=10.0), "recorder_model", "tiny", steps,
+                            seed, quiet)  # fmt: skip
     typer.echo(
         f"\ndone in {time.time() - t0:.0f} s. Open {report_path} in a browser; the latents:\n"
         f"  python -c \"import pandas as pd; print(pd.read_parquet('{out / 'latents.parquet'}'))\""

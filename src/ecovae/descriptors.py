@@ -1,4 +1,4 @@
-"""Soundscape descriptors: from per-frame posteriors to one description per recording.
+"""Soundscape descriptors: from per-frame posteriors to one description per unit of analysis.
 
 A recording is a sequence of frame posteriors N(mu_t, sigma_t^2). Descriptors
 are scikit-learn estimators over a *list of recordings*, each an array of
@@ -16,23 +16,35 @@ shape (frames, 2 * latent_dim) holding [mu | log var], so they go into a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from ecovae.encode import RESERVED
+from ecovae.latents import FEATURE_SETS, RESERVED, is_feature_column
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
-class Recordings:
-    """Frames grouped by recording: posteriors (list of (T, 2D) arrays) and one row of labels each."""
+class Units:
+    """Frames grouped into units of analysis: one (T, 2D) array [mu | log var] per unit, one row of labels each.
+
+    A unit is one recording by default, or the frames of every recording sharing
+    some label values (site, recorder, ...), optionally within one time window
+    (a day, say). Point features (the log-mel band means) have log var = -inf:
+    variance 0, so every descriptor treats them as it treats posteriors.
+    """
 
     frames: list[np.ndarray]
-    meta: pd.DataFrame  # one row per recording: path, labels, n_frames, start_time
+    meta: pd.DataFrame  # one row per unit: unit, path (recording units), labels constant within it, n_frames, ...
     latent_dim: int
+    features: str = "vae"
+    unplaced: dict[str, int] = field(default_factory=dict)  # path -> frames without a time (left out of windows)
 
 
 def read_latents(path) -> pd.DataFrame:
@@ -58,22 +70,99 @@ def read_latents(path) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def group_recordings(frames: pd.DataFrame) -> Recordings:
-    """Group a latents table by recording (path), frames in time order."""
-    mu_cols = [c for c in frames.columns if c.startswith("mu_")]
-    lv_cols = [c for c in frames.columns if c.startswith("logvar_")]
-    if not mu_cols or len(mu_cols) != len(lv_cols):
-        raise ValueError("not a latents table: needs mu_* and logvar_* columns (made by 'ecovae encode')")
-    frames = frames.sort_values(["path", "frame_in_recording"], kind="stable")
-    values = frames[mu_cols + lv_cols].to_numpy(np.float32)
-    paths = frames["path"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, paths[1:] != paths[:-1]])
-    ends = np.r_[starts[1:], len(paths)]
-    fixed = set(RESERVED) | set(mu_cols) | set(lv_cols)
-    label_cols = [c for c in frames.columns if c not in fixed]
-    meta = frames.iloc[starts][["path", *label_cols, "start_time"]].reset_index(drop=True)
-    meta["n_frames"] = ends - starts
-    return Recordings([values[s:e] for s, e in zip(starts, ends, strict=True)], meta, len(mu_cols))
+def parse_unit(unit: str | Sequence[str] | None) -> list[str]:
+    """'site,recorder' -> ['site', 'recorder']; None, '' or 'recording' -> [] (one unit per recording)."""
+    if unit is None:
+        return []
+    cols = [c.strip() for c in unit.split(",")] if isinstance(unit, str) else list(unit)
+    return [c for c in cols if c and c != "recording"]
+
+
+def _values(frames: pd.DataFrame, features: str) -> tuple[np.ndarray, int]:
+    """(rows, 2D) [values | log var] of a feature set, and D."""
+    if features not in FEATURE_SETS:
+        stem = f"{features}_"
+        cols = [c for c in frames.columns if c.startswith(stem) and is_feature_column(c)]
+        lv_cols = None
+    else:
+        prefix, lv_prefix = FEATURE_SETS[features]
+        cols = [c for c in frames.columns if c.startswith(prefix) and is_feature_column(c)]
+        lv_cols = [c for c in frames.columns if lv_prefix and c.startswith(lv_prefix) and is_feature_column(c)]
+    if not cols:
+        hint = " (re-encode with this version of ecovae to get them)" if features == "logmel" else ""
+        raise ValueError(f"the table has no {features} feature columns{hint}")
+    values = frames[cols].to_numpy(np.float32)
+    if lv_cols:
+        if len(lv_cols) != len(cols):
+            raise ValueError(f"{features}: {len(cols)} value columns but {len(lv_cols)} log-variance columns")
+        logvar = frames[lv_cols].to_numpy(np.float32)
+    else:
+        logvar = np.full_like(values, -np.inf)
+    return np.concatenate([values, logvar], 1), len(cols)
+
+
+def group_units(frames: pd.DataFrame, unit: str | Sequence[str] | None = None, window: str | None = None,
+                features: str = "vae") -> Units:  # fmt: skip
+    """Group a per-frame table (latents, or a baseline's windows) into units of analysis, frames in time order.
+
+    ``unit``: label columns whose values together make a unit (none: each recording);
+    ``window``: a pandas frequency ("1D", "6h") cutting each unit by ``frame_time``
+    (one unit per site and day, say). Frames without a time cannot be placed in a
+    window: they are left out, counted in ``unplaced`` and logged, never silently.
+    """
+    keys = parse_unit(unit)
+    missing = [c for c in keys if c not in frames.columns]
+    if missing:
+        labels = [c for c in frames.columns if c not in RESERVED and not is_feature_column(c)]
+        raise ValueError(f"no label column {missing} to make units of; the table has {labels}")
+    values, dim = _values(frames, features)
+    order_cols = [c for c in ("path", "frame_in_recording", "frame_offset_s") if c in frames.columns]
+    frames = frames.assign(_row=np.arange(len(frames)))
+    unplaced: dict[str, int] = {}
+    if window:
+        if "frame_time" not in frames.columns:
+            raise ValueError("--window needs frame times; this table has no frame_time column")
+        try:
+            freq = pd.tseries.frequencies.to_offset(window)
+            starts = pd.to_datetime(frames["frame_time"]).dt.floor(freq)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"--window {window!r} is not a fixed pandas frequency such as 1D, 12h, 30min ({e})") from None
+        no_time = starts.isna().to_numpy()
+        if no_time.any():
+            unplaced = frames.loc[no_time, "path"].value_counts().astype(int).to_dict()
+            log.warning("%d frames of %d recordings have no time (no date in the file name?): left out of the "
+                        "%s windows", int(no_time.sum()), len(unplaced), window)  # fmt: skip
+        frames = frames.assign(window_start=starts)[~no_time]
+        keys = [*keys, "window_start"]
+    if not keys:
+        keys = ["path"]
+    if frames.empty:
+        raise ValueError("no frames left to make units of (none has a time)")
+    frames = frames.sort_values([*keys, *(["frame_time"] if window else []), *order_cols], kind="stable")
+    codes = frames.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()
+    starts_ = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    ends = np.r_[starts_[1:], len(codes)]
+    rows = frames["_row"].to_numpy()
+    labels = [c for c in frames.columns if c not in RESERVED and not is_feature_column(c)
+              and c not in ("_row", "window_start", *keys)]  # fmt: skip
+    first = frames.iloc[starts_]
+    meta = first[["path"] if keys == ["path"] else keys]
+    meta = meta.reset_index(drop=True)
+    if labels:  # keep the labels that are the same for every frame of a unit
+        varying = frames.groupby(codes, sort=False)[labels].nunique(dropna=False).max() > 1
+        kept = [c for c in labels if not varying[c]]
+        meta = pd.concat([meta, first[kept].reset_index(drop=True)], axis=1)
+    if "start_time" in frames.columns:
+        meta["start_time"] = first["start_time"].to_numpy()
+    if keys == ["path"]:
+        meta.insert(0, "unit", meta["path"].astype(str))
+    else:
+        parts = [meta[k].dt.strftime("%Y-%m-%dT%H:%M") if k == "window_start" else meta[k].astype(str) for k in keys]
+        meta.insert(0, "unit", parts[0].str.cat(parts[1:], sep="|") if len(parts) > 1 else parts[0])
+        meta["n_recordings"] = frames.groupby(codes, sort=False)["path"].nunique().to_numpy()
+        meta["first_recording"] = first["path"].to_numpy()  # to show (saliency) and to trace a unit
+    meta["n_frames"] = ends - starts_
+    return Units([values[rows[s:e]] for s, e in zip(starts_, ends, strict=True)], meta, dim, features, unplaced)
 
 
 def _split(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +239,7 @@ class MixtureSampleClassifier(ClassifierMixin, BaseEstimator):
 DESCRIPTORS = ("mean", "moments", "mixture")
 
 
-def describe(recs: Recordings, kind: str, n_samples: int = 64, seed: int = 0) -> pd.DataFrame:
+def describe(recs: Units, kind: str, n_samples: int = 64, seed: int = 0) -> pd.DataFrame:
     """One row per recording (``mean``, ``moments``) or per mixture sample (``mixture``), with labels."""
     d = recs.latent_dim
     if kind == "mean":

@@ -50,30 +50,13 @@ import torch
 
 from ecovae.audio import AUDIO_EXTENSIONS, BadAudio, Recording, discover, open_recording
 from ecovae.files import atomic_file
+from ecovae.latents import label_column_names, latent_columns
 from ecovae.model import SoundscapeVAE
 from ecovae.spectrogram import SpectrogramConfig, expected_frames, iter_clips, remainder_seconds
 
 log = logging.getLogger(__name__)
 
-RESERVED = (
-    "path", "start_time", "frame_time", "source_sample_rate", "source_channels", "clip_index",
-    "frame_index", "frame_in_recording", "frame_offset_s", "silent",
-)  # fmt: skip
-
-
-def latent_columns(prefix: str, dim: int) -> list[str]:
-    return [f"{prefix}_{i:03d}" for i in range(dim)]
-
-
-def label_column_names(columns: list[str]) -> dict[str, str]:
-    """Label column -> output column (a label that clashes with a fixed column gets a ``label_`` prefix)."""
-    return {
-        c: (f"label_{c}" if c in RESERVED or c.startswith(("mu_", "logvar_")) else c)
-        for c in columns
-    }
-
-
-def latents_schema(label_columns: list[str], latent_dim: int) -> pa.Schema:
+def latents_schema(label_columns: list[str], latent_dim: int, n_mels: int = 64) -> pa.Schema:
     """The schema of the latents Parquet file (see README, "Outputs")."""
     names = label_column_names(label_columns)
     return pa.schema(
@@ -92,6 +75,7 @@ def latents_schema(label_columns: list[str], latent_dim: int) -> pa.Schema:
         ]
         + [pa.field(c, pa.float32()) for c in latent_columns("mu", latent_dim)]
         + [pa.field(c, pa.float32()) for c in latent_columns("logvar", latent_dim)]
+        + [pa.field(c, pa.float32()) for c in latent_columns("logmel", n_mels)]
     )
 
 
@@ -322,12 +306,13 @@ def encode_stream(
             mu, logvar = model.encode(
                 x
             )  # (B, frames, D); channels-last: faster on CPU (bench/README.md)
-            item.x = (
-                None  # keep the latents, not the spectrograms: memory must not grow with the file
-            )
+            b, _, hops, mels = item.x.shape
+            # the frame's mean log-mel per band: the no-learning baseline on the very same frames, free here
+            band_means = item.x.reshape(b, hops // spec.frame_hops, spec.frame_hops, mels).mean(2)
+            item.x = None  # keep the latents, not the spectrograms: memory must not grow with the file
             _trim_heap()
             got.setdefault(item.rel, []).append(
-                (item, mu.float().cpu().numpy(), logvar.float().cpu().numpy())
+                (item, mu.float().cpu().numpy(), logvar.float().cpu().numpy(), band_means)
             )
         elif isinstance(item, _FileFailed):
             got.pop(item.rel, None)
@@ -341,14 +326,15 @@ def encode_stream(
 def _file_result(
     rec: Recording, batches: list, spec: SpectrogramConfig, schema: pa.Schema, label_columns
 ) -> FileResult:
-    clip_idx, frame_idx, silent, mus, logvars = [], [], [], [], []
-    for b, mu, logvar in batches:
-        for index, flags, m, lv in zip(b.clip_index, b.silent, mu, logvar, strict=True):
+    clip_idx, frame_idx, silent, mus, logvars, logmels = [], [], [], [], [], []
+    for b, mu, logvar, band_means in batches:
+        for index, flags, m, lv, lm in zip(b.clip_index, b.silent, mu, logvar, band_means, strict=True):
             clip_idx.append(np.full(b.n_frames, index, np.int32))
             frame_idx.append(np.arange(b.n_frames, dtype=np.int32))
             silent.append(flags)
             mus.append(m)
             logvars.append(lv)
+            logmels.append(lm)
     clip_a, frame_a = np.concatenate(clip_idx), np.concatenate(frame_idx)
     meta = {
         "clip_index": clip_a,
@@ -357,9 +343,8 @@ def _file_result(
         "frame_offset_s": clip_a * spec.clip_seconds + frame_a * spec.frame_seconds,
         "silent": np.concatenate(silent),
     }
-    table = recording_table(
-        rec, meta, np.concatenate(mus), np.concatenate(logvars), schema, label_columns
-    )
+    table = recording_table(rec, meta, np.concatenate(mus), np.concatenate(logvars), np.concatenate(logmels),
+                            schema, label_columns)  # fmt: skip
     promised = expected_frames(rec, spec)
     truncated = rec.truncated or (
         f"header promises {promised} frames, audio gave {table.num_rows}"
@@ -382,6 +367,7 @@ def recording_table(
     meta: dict[str, np.ndarray],
     mu: np.ndarray,
     logvar: np.ndarray,
+    logmel: np.ndarray,
     schema: pa.Schema,
     label_columns: list[str],
 ) -> pa.Table:
@@ -406,6 +392,8 @@ def recording_table(
     dim = mu.shape[1]
     columns.update({c: pa.array(mu[:, i]) for i, c in enumerate(latent_columns("mu", dim))})
     columns.update({c: pa.array(logvar[:, i]) for i, c in enumerate(latent_columns("logvar", dim))})
+    logmel = np.ascontiguousarray(logmel, np.float32)
+    columns.update({c: pa.array(logmel[:, i]) for i, c in enumerate(latent_columns("logmel", logmel.shape[1]))})
     return pa.table(columns, schema=schema)
 
 
@@ -640,7 +628,7 @@ def encode(
     files, label_cols, labels = discover(root, labels_csv, not_searched)
     if not files:
         raise FileNotFoundError(f"{root}: no audio files (looked for {', '.join(AUDIO_EXTENSIONS)})")
-    schema = latents_schema(label_cols, model.cfg.latent_dim)
+    schema = latents_schema(label_cols, model.cfg.latent_dim, spec.n_mels)
     identity = {
         "weights": _weights_digest(run_dir),
         "offsets": {

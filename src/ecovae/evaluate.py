@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +35,8 @@ from ecovae.descriptors import (
     DESCRIPTORS,
     MixtureMoments,
     MixtureSampleClassifier,
-    Recordings,
     TimeAveraged,
+    Units,
 )
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def model_for(kind: str, classifier, seed: int = 0):
 class Folds:
     target: str
     group: str
-    y: np.ndarray  # class per recording
+    y: np.ndarray  # class per unit
     groups: np.ndarray
     splits: list[tuple[np.ndarray, np.ndarray]]
     classes: list[str]
@@ -71,16 +72,17 @@ class Folds:
 
 
 def make_folds(meta: pd.DataFrame, target: str, group: str | None = None, n_splits: int = 5, seed: int = 0) -> tuple[Folds, np.ndarray]:
-    """Stratified folds of whole groups (default: each recording its own group).
+    """Stratified folds of whole groups (default: each unit its own group).
 
-    Returns the folds and the index of the recordings kept (those with a
+    Returns the folds and the index of the units kept (those with a
     label, of classes present in at least two groups).
     """
     if target not in meta.columns:
         raise ValueError(f"no label column {target!r}; the latents have {[c for c in meta.columns if c != 'path']}")
-    group = group or "path"
+    group = group or ("unit" if "unit" in meta.columns else "path")
     if group not in meta.columns:
-        raise ValueError(f"no column {group!r} to group folds by")
+        raise ValueError(f"no column {group!r} to group folds by: a label that is not the same for every frame "
+                         f"of a unit cannot group units; the units have {list(meta.columns)}")
     labelled = meta[target].notna() & (meta[target].astype(str) != "")
     groups_per_class = meta[labelled].groupby(target)[group].nunique()
     small = groups_per_class[groups_per_class < 2]
@@ -122,84 +124,134 @@ class Evaluation:
     target: str
     group: str
     classes: list[str]
-    summary: pd.DataFrame  # one row per (descriptor, classifier): pooled and mean/sd over folds
+    summary: pd.DataFrame  # one row per (features, descriptor, classifier): pooled and mean/sd over folds
     per_fold: pd.DataFrame
     per_class: pd.DataFrame
-    confusion: dict[tuple[str, str], np.ndarray]  # counts, rows true, columns predicted
+    confusion: dict[tuple[str, str, str], np.ndarray]  # counts, rows true, columns predicted
     predictions: pd.DataFrame
     chance: dict[str, float]
-    n_recordings: int
+    n_units: int
     n_folds: int
     dropped: dict[str, int]
+    unit: str = "recording"
+    left_out_units: list[str] = field(default_factory=list)  # units some feature set lacks (a baseline failed)
+
+    @property
+    def n_recordings(self) -> int:  # the unit is a recording by default
+        return self.n_units
+
+
+def _align(units: Units, others: dict[str, Units]) -> tuple[Units, dict[str, Units], list[str]]:
+    """Every feature set on the same units, in the same order: those all of them have."""
+    common = set(units.meta["unit"])
+    for other in others.values():
+        common &= set(other.meta["unit"])
+    left_out = sorted(set(units.meta["unit"]) - common)
+    if left_out:
+        log.warning("left out %d units that a baseline could not describe: %s", len(left_out), left_out[:5])
+
+    def take(u: Units) -> Units:
+        pos = {k: i for i, k in enumerate(u.meta["unit"])}
+        idx = [pos[k] for k in units.meta["unit"] if k in common]
+        return Units([u.frames[i] for i in idx], u.meta.iloc[idx].reset_index(drop=True), u.latent_dim, u.features)
+
+    return take(units), {k: take(v) for k, v in others.items()}, left_out
 
 
 def evaluate_descriptors(
-    recs: Recordings, target: str, group: str | None = None, kinds=DESCRIPTORS, n_splits: int = 5, seed: int = 0,
-    features: dict[str, np.ndarray] | None = None,
+    units: Units, target: str, group: str | None = None, kinds=DESCRIPTORS, n_splits: int = 5, seed: int = 0,
+    features: dict[str, Units] | None = None, classifier_names: Sequence[str] | None = None, unit: str = "recording",
 ) -> Evaluation:
-    """Cross-validate every descriptor kind x classifier on the same grouped folds.
+    """Cross-validate every feature set x descriptor kind x classifier on the same grouped folds.
 
-    ``features`` adds other feature sets (name -> one row per recording), scored the same way.
+    ``units`` are the VAE's; ``features`` adds other per-frame feature sets (name -> the same
+    units, e.g. the log-mel band means), each described by the same ``kinds``.
     """
-    folds, keep = make_folds(recs.meta, target, group, n_splits, seed)
-    X = [recs.frames[i] for i in keep]
-    paths = recs.meta["path"].to_numpy()[keep]
+    sets = {units.features: units, **(features or {})}
+    units, others, left_out = _align(units, {k: v for k, v in sets.items() if k != units.features})
+    sets = {units.features: units, **others}
+    folds, keep = make_folds(units.meta, target, group or "unit", n_splits, seed)
+    names = units.meta["unit"].to_numpy()[keep]
     classes = folds.classes
+    all_classifiers = classifiers(seed)
+    chosen = {k: all_classifiers[k] for k in (classifier_names or all_classifiers)}
     rows, fold_rows, class_rows, pred_rows, confusion = [], [], [], [], {}
-    for kind in [*kinds, *(features or {})]:
-        for clf_name, clf in classifiers(seed).items():
-            proba = np.zeros((len(X), len(classes)))
-            fold_of = np.zeros(len(X), int)
-            for f, (tr, te) in enumerate(folds.splits):
-                if features and kind in features:
-                    model = clone(clf).fit(features[kind][keep][tr], folds.y[tr])
-                    p = model.predict_proba(features[kind][keep][te])
-                else:
+    for feats, u in sets.items():
+        X = [u.frames[i] for i in keep]
+        for kind in kinds:
+            for clf_name, clf in chosen.items():
+                proba = np.zeros((len(X), len(classes)))
+                fold_of = np.zeros(len(X), int)
+                key = {"features": feats, "descriptor": kind, "classifier": clf_name}
+                for f, (tr, te) in enumerate(folds.splits):
                     model = model_for(kind, clf, seed).fit([X[i] for i in tr], folds.y[tr])
-                    p = model.predict_proba([X[i] for i in te])
-                cols = [classes.index(c) for c in model.classes_]
-                proba[np.ix_(te, cols)] = p
-                fold_of[te] = f
-                pred = np.array(classes)[proba[te].argmax(1)]
-                fold_rows.append({"descriptor": kind, "classifier": clf_name, "fold": f, "n_test": len(te),
-                                  **_scores(folds.y[te], pred, proba[te], classes)})  # fmt: skip
-            pred = np.array(classes)[proba.argmax(1)]
-            pooled = _scores(folds.y, pred, proba, classes)
-            per_fold = pd.DataFrame([r for r in fold_rows if r["descriptor"] == kind and r["classifier"] == clf_name])
-            row = {"descriptor": kind, "classifier": clf_name, **pooled}
-            for m in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc"):
-                row[f"{m}_fold_mean"] = per_fold[m].mean()
-                row[f"{m}_fold_sd"] = per_fold[m].std(ddof=1) if len(per_fold) > 1 else np.nan
-            rows.append(row)
-            p, r, f1, support = precision_recall_fscore_support(folds.y, pred, labels=classes, zero_division=0)
-            class_rows += [{"descriptor": kind, "classifier": clf_name, "class": c, "precision": p[i], "recall": r[i],
-                            "f1": f1[i], "support": int(support[i])} for i, c in enumerate(classes)]  # fmt: skip
-            confusion[(kind, clf_name)] = confusion_matrix(folds.y, pred, labels=classes)
-            pred_rows.append(pd.DataFrame({"descriptor": kind, "classifier": clf_name, "path": paths, "fold": fold_of,
-                                           "true": folds.y, "predicted": pred,
-                                           **{f"p_{c}": proba[:, i] for i, c in enumerate(classes)}}))  # fmt: skip
+                    cols = [classes.index(c) for c in model.classes_]
+                    proba[np.ix_(te, cols)] = model.predict_proba([X[i] for i in te])
+                    fold_of[te] = f
+                    pred = np.array(classes)[proba[te].argmax(1)]
+                    fold_rows.append({**key, "fold": f, "n_test": len(te), **_scores(folds.y[te], pred, proba[te], classes)})
+                pred = np.array(classes)[proba.argmax(1)]
+                per_fold = pd.DataFrame(fold_rows[-len(folds.splits):])
+                row = {**key, **_scores(folds.y, pred, proba, classes)}
+                for m in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc"):
+                    row[f"{m}_fold_mean"] = per_fold[m].mean()
+                    row[f"{m}_fold_sd"] = per_fold[m].std(ddof=1) if len(per_fold) > 1 else np.nan
+                rows.append(row)
+                p, r, f1, support = precision_recall_fscore_support(folds.y, pred, labels=classes, zero_division=0)
+                class_rows += [{**key, "class": c, "precision": p[i], "recall": r[i], "f1": f1[i],
+                                "support": int(support[i])} for i, c in enumerate(classes)]  # fmt: skip
+                confusion[(feats, kind, clf_name)] = confusion_matrix(folds.y, pred, labels=classes)
+                pred_rows.append(pd.DataFrame({**key, "unit": names, "fold": fold_of, "true": folds.y, "predicted": pred,
+                                               **{f"p_{c}": proba[:, i] for i, c in enumerate(classes)}}))  # fmt: skip
     counts = pd.Series(folds.y).value_counts()
     chance = {"balanced_accuracy": 1 / len(classes), "accuracy": float(counts.max() / counts.sum()),
               "macro_f1": float(np.mean([1 / len(classes)] * len(classes))), "roc_auc": 0.5}  # fmt: skip
     return Evaluation(
         target, folds.group, classes, pd.DataFrame(rows), pd.DataFrame(fold_rows), pd.DataFrame(class_rows),
-        confusion, pd.concat(pred_rows, ignore_index=True), chance, len(X), len(folds.splits), folds.dropped,
+        confusion, pd.concat(pred_rows, ignore_index=True), chance, len(keep), len(folds.splits), folds.dropped,
+        unit, left_out,
     )  # fmt: skip
 
 
 FEATURE_SETS = {
-    "mean": "VAE: time-averaged mean of mu per recording",
-    "moments": "VAE: mixture of the frame posteriors, its mean and variance per dimension",
-    "mixture": "VAE: 32 samples per recording from the mixture; probabilities averaged over samples",
-    "indices": "scikit-maad temporal and spectral alpha acoustic indices, averaged over clips",
-    "logmel": "mean log-mel spectrum (no learning)",
-    "birdnet": "BirdNET 2.4 embeddings (1024-d per 3 s window), averaged",
+    "vae": "VAE posteriors per 1.536 s frame (mu, log var)",
+    "logmel": "mean log-mel per band per 1.536 s frame, the VAE's own input (no learning)",
+    "indices": "scikit-maad temporal and spectral alpha acoustic indices per window",
+    "birdnet": "BirdNET 2.4 embeddings (1024-d per 3 s window)",
 }
+DESCRIPTOR_TEXT = {
+    "mean": "time average over the unit's frames",
+    "moments": "mean and variance over the unit's frames (for the VAE: of the mixture of frame posteriors)",
+    "mixture": "32 samples per unit from its frames' distribution; probabilities averaged over samples",
+}
+
+
+def verdict(summary: pd.DataFrame, ours: str = "vae") -> dict:
+    """Which row won, and the VAE's best against each other feature set's best, with the fold spread."""
+    best = summary.sort_values("balanced_accuracy", ascending=False, kind="stable")
+    top = best.iloc[0]
+
+    def row(r) -> dict:
+        return {"features": r["features"], "descriptor": r["descriptor"], "classifier": r["classifier"],
+                "balanced_accuracy": float(r["balanced_accuracy"]),
+                "fold_sd": float(r["balanced_accuracy_fold_sd"])}  # fmt: skip
+
+    out = {"best": row(top)}
+    mine = best[best["features"] == ours]
+    if len(mine):
+        m = mine.iloc[0]
+        out["vae"] = row(m)
+        out["against"] = {}
+        for feats, rows in best[best["features"] != ours].groupby("features", sort=False):
+            b = rows.iloc[0]
+            out["against"][feats] = {**row(b), "difference": float(m["balanced_accuracy"] - b["balanced_accuracy"])}
+    return out
 
 
 def write_evaluation(ev: Evaluation, out: Path | str, latents: Path | str | None = None,
                      notes: dict[str, str] | None = None) -> Path:  # fmt: skip
-    """metrics.csv, per_fold.csv, per_class.csv, predictions.parquet, confusion_*.csv/png, evaluation.json."""
+    """metrics.csv, per_fold.csv, per_class.csv, predictions.parquet, confusion_*.csv, evaluation.json;
+    confusion matrix pictures for the best row of each feature set."""
     from ecovae import plots
 
     out = Path(out)
@@ -208,22 +260,26 @@ def write_evaluation(ev: Evaluation, out: Path | str, latents: Path | str | None
     ev.per_fold.to_csv(out / "per_fold.csv", index=False)
     ev.per_class.to_csv(out / "per_class.csv", index=False)
     ev.predictions.to_parquet(out / "predictions.parquet", index=False)
+    best = ev.summary.sort_values("balanced_accuracy", ascending=False, kind="stable").groupby("features", sort=False).head(1)
+    pictured = set(zip(best["features"], best["descriptor"], best["classifier"], strict=True))
     images = {}
-    for (kind, clf), cm in ev.confusion.items():
-        stem = f"confusion_{kind}_{clf}"
+    for (feats, kind, clf), cm in ev.confusion.items():
+        stem = f"confusion_{feats}_{kind}_{clf}"
         pd.DataFrame(cm, index=ev.classes, columns=ev.classes).rename_axis("true \\ predicted").to_csv(out / f"{stem}.csv")
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         pd.DataFrame(norm, index=ev.classes, columns=ev.classes).rename_axis("true \\ predicted").to_csv(
             out / f"{stem}_normalised.csv"
         )
-        plots.confusion(cm, ev.classes, f"{ev.target}: {kind} / {clf}", out / f"{stem}.png")
-        images[f"{kind}/{clf}"] = f"{stem}.png"
+        if (feats, kind, clf) in pictured:
+            plots.confusion(cm, ev.classes, f"{ev.target}: {feats} {kind} / {clf}", out / f"{stem}.png")
+            images[f"{feats} {kind} / {clf}"] = f"{stem}.png"
     info = {
-        "latents": str(Path(latents).resolve()) if latents else None, "target": ev.target, "group": ev.group, "classes": ev.classes, "n_recordings": ev.n_recordings,
-        "n_folds": ev.n_folds, "chance": ev.chance,
-        "feature_sets": {k: FEATURE_SETS.get(k, k) + (notes or {}).get(k, "") for k in ev.summary["descriptor"].unique()}, "dropped_classes": ev.dropped, "confusion_images": images,
-        "best": ev.summary.sort_values("balanced_accuracy", ascending=False).iloc[0][
-            ["descriptor", "classifier", "balanced_accuracy"]].to_dict(),
+        "latents": str(Path(latents).resolve()) if latents else None, "target": ev.target, "unit": ev.unit,
+        "group": ev.group, "classes": ev.classes, "n_units": ev.n_units, "n_folds": ev.n_folds, "chance": ev.chance,
+        "feature_sets": {k: FEATURE_SETS.get(k, k) + (notes or {}).get(k, "") for k in ev.summary["features"].unique()},
+        "descriptors": {k: DESCRIPTOR_TEXT.get(k, k) for k in ev.summary["descriptor"].unique()},
+        "dropped_classes": ev.dropped, "left_out_units": ev.left_out_units, "confusion_images": images,
+        **verdict(ev.summary),
     }  # fmt: skip
     (out / "evaluation.json").write_text(json.dumps(info, indent=2, default=float) + "\n")
     return out

@@ -27,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ecovae import plots
 from ecovae.audio import BadAudio, open_recording
-from ecovae.descriptors import MixtureMoments, Recordings, TimeAveraged
+from ecovae.descriptors import MixtureMoments, TimeAveraged, Units
 from ecovae.model import SoundscapeVAE
 from ecovae.spectrogram import SpectrogramConfig, iter_clips
 
@@ -191,7 +191,7 @@ def projections(features: np.ndarray, meta: pd.DataFrame, out: Path, label_colum
 # --------------------------------------------------------------------------- all of it
 
 
-def interpret(recs: Recordings, model: SoundscapeVAE, spec: SpectrogramConfig, root: Path, target: str, out: Path,
+def interpret(recs: Units, model: SoundscapeVAE, spec: SpectrogramConfig, root: Path, target: str, out: Path,
               run_info: dict | None = None, recording: str | None = None, classes: tuple[str, str] | None = None,
               seed: int = 0) -> dict:  # fmt: skip
     """Write every interpretation figure into ``out`` and return (and save) interpretation.json."""
@@ -212,7 +212,8 @@ def interpret(recs: Recordings, model: SoundscapeVAE, spec: SpectrogramConfig, r
     info["reconstruction"] = reconstruction_metrics(model, root, val, spec, out) if val else None
 
     # saliency: a recording of class B (or the one asked for), its first 8 frames
-    chosen = recording or meta.loc[labelled & (meta[target].astype(str) == class_b), "path"].iloc[0]
+    path_col = "path" if "path" in meta.columns else "first_recording"
+    chosen = recording or meta.loc[labelled & (meta[target].astype(str) == class_b), path_col].iloc[0]
     score = fit_linear(z[labelled], y[labelled], positive=class_b)
     x = first_clip(root / chosen, root, spec, max_frames=8)
     maps = saliency_maps(model, x, score)
@@ -228,7 +229,8 @@ def interpret(recs: Recordings, model: SoundscapeVAE, spec: SpectrogramConfig, r
     info["boundary_walk"] = {"from": class_a, "to": class_b, "steps": walk.steps, "probabilities": walk.probabilities,
                              "image": "boundary_walk.png"}  # fmt: skip
 
-    label_cols = [c for c in meta.columns if c not in ("path", "start_time", "n_frames")]
+    label_cols = [c for c in meta.columns if c not in ("unit", "path", "first_recording", "start_time", "window_start",
+                                                       "n_frames", "n_recordings")]  # fmt: skip
     moments = MixtureMoments().fit_transform(recs.frames)
     info["projections"] = projections(moments, meta, out, [target] + [c for c in label_cols if c != target], seed)
     (out / "interpretation.json").write_text(json.dumps(info, indent=2, default=float) + "\n")

@@ -84,7 +84,7 @@ def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None)
         "Splits": {
             "training": f"by recording: {len(data.get('train_recordings', []))} training, {len(data.get('val_recordings', []))} validation",
             "evaluation": f"{ev.get('n_folds', '?')}-fold stratified cross-validation grouped by {ev.get('group', '?')}"
-                          f" over {ev.get('n_recordings', '?')} recordings" if ev else "none",
+                          f" over {ev.get('n_units', ev.get('n_recordings', '?'))} units ({ev.get('unit', 'recording')})" if ev else "none",
         },  # fmt: skip
         "Evaluation": {
             "target": str(ev.get("target", "")),
@@ -92,8 +92,8 @@ def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None)
                        "confusion matrices; chance level beside them; held-out negative ELBO, MSE, MAE, KL",
         },  # fmt: skip
         "Post-processing": {
-            "descriptors": "time-averaged mean of mu; mixture moments (mean, variance); mixture samples (32 per recording, "
-                           "probabilities averaged)",
+            "descriptors": "; ".join(f"{k}: {v}" for k, v in ev.get("descriptors", {}).items()) or "not run",
+            "feature sets": "; ".join(f"{k}: {v}" for k, v in ev.get("feature_sets", {}).items()) or "not run",
             "classifiers": "logistic regression (standardised, class-balanced), random forest (200 trees, class-balanced)",
             "interpretation": "integrated gradients and gradient x input (Captum) of the linear score; boundary walks along the "
                               "hyperplane normal; PCA and UMAP" if interp else "not run",

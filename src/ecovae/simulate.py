@@ -112,11 +112,53 @@ def diel_period(hour: float) -> str:
     return "night"
 
 
-def bird_activity(hour: float) -> float:
-    """Dawn chorus peak, a smaller dusk peak, little by day, none at night."""
-    dawn = np.exp(-0.5 * ((hour - 6.0) / 1.0) ** 2)
-    dusk = 0.4 * np.exp(-0.5 * ((hour - 19.0) / 1.0) ** 2)
-    day = 0.25 if 7 <= hour <= 18 else 0.0
+@dataclass(frozen=True)
+class DielProfile:
+    """A site's day: when and how strongly its birds sing, its insects call, its traffic peaks.
+
+    Real sites differ here, not only in their mean spectrum: two forests with the
+    same species can differ in the timing and strength of the dawn chorus. The
+    defaults are the survey-wide curves; :func:`site_profile` draws a site's own.
+    """
+
+    dawn_hour: float = 6.0
+    dawn_width_h: float = 1.0
+    dawn_strength: float = 1.0
+    dusk_hour: float = 19.0
+    dusk_strength: float = 0.4
+    day_activity: float = 0.25  # birds between the choruses
+    night_insects_db: float = 0.0  # loudness of nocturnal insects and frogs, relative
+    traffic_peaks: tuple[float, float] = (8.0, 17.5)
+    rush_strength: float = 1.0
+
+    def as_labels(self) -> dict[str, str]:
+        return {"dawn_hour": f"{self.dawn_hour:.2f}", "dawn_strength": f"{self.dawn_strength:.2f}",
+                "day_activity": f"{self.day_activity:.2f}", "night_insects_db": f"{self.night_insects_db:.1f}",
+                "rush_hours": "/".join(f"{h:.1f}" for h in self.traffic_peaks)}  # fmt: skip
+
+
+def site_profile(rng: np.random.Generator) -> DielProfile:
+    """A site's own diel pattern: an early and intense chorus with a quiet day, or a late, weak chorus
+    with birds singing through the day; loud or quiet nights; early or late rush hours."""
+    intensity = rng.uniform(0, 1)  # one axis, so that sites differ in the shape of the day, not its total
+    return DielProfile(
+        dawn_hour=float(rng.uniform(5.0, 7.0)),
+        dawn_width_h=float(0.6 + 0.8 * (1 - intensity)),
+        dawn_strength=float(0.45 + 0.55 * intensity),
+        dusk_strength=float(rng.uniform(0.1, 0.6)),
+        day_activity=float(0.45 - 0.35 * intensity),
+        night_insects_db=float(rng.uniform(-10, 4)),
+        traffic_peaks=(float(rng.uniform(6.5, 9.0)), float(rng.uniform(16.0, 19.0))),
+        rush_strength=float(rng.uniform(0.3, 1.0)),
+    )
+
+
+def bird_activity(hour: float, profile: DielProfile = DielProfile()) -> float:
+    """Dawn chorus peak, a smaller dusk peak, some song by day, none at night."""
+    p = profile
+    dawn = p.dawn_strength * np.exp(-0.5 * ((hour - p.dawn_hour) / p.dawn_width_h) ** 2)
+    dusk = p.dusk_strength * np.exp(-0.5 * ((hour - p.dusk_hour) / 1.0) ** 2)
+    day = p.day_activity if 7 <= hour <= 18 else 0.0
     return float(min(1.0, dawn + dusk + day))
 
 
@@ -124,11 +166,12 @@ def is_night(hour: float) -> bool:
     return hour < 5.5 or hour >= 20.5
 
 
-def traffic_level(hour: float) -> float:
+def traffic_level(hour: float, profile: DielProfile = DielProfile()) -> float:
     """Road traffic through the day: rush hours high, deep night low."""
     base = 0.15 + 0.85 * (6 <= hour <= 22)
-    rush = np.exp(-0.5 * ((hour - 8) / 1.2) ** 2) + np.exp(-0.5 * ((hour - 17.5) / 1.5) ** 2)
-    return float(min(1.0, 0.5 * base + 0.5 * rush))
+    morning, evening = profile.traffic_peaks
+    rush = np.exp(-0.5 * ((hour - morning) / 1.2) ** 2) + np.exp(-0.5 * ((hour - evening) / 1.5) ** 2)
+    return float(min(1.0, 0.5 * base + 0.5 * profile.rush_strength * rush))
 
 
 # --------------------------------------------------------------------------- sources
@@ -271,13 +314,14 @@ def simulate_recording(
     degradation: float,
     species: dict[str, list],
     recorder: RecorderModel,
+    profile: DielProfile = DielProfile(),
 ) -> tuple[np.ndarray, dict[str, bool]]:
     """One mono recording (float, peak below 1) and which source kinds it holds."""
     n = int(duration_s * SR)
     x = np.zeros(n, dtype=np.float32)
     present: dict[str, bool] = {}
 
-    activity = bird_activity(hour)
+    activity = bird_activity(hour, profile)
     birds_heard = False
     for bird in species["birds"]:
         n_songs = rng.poisson(bird.songs_per_minute * duration_s / 60 * activity * 1.5)
@@ -292,14 +336,15 @@ def simulate_recording(
     insects_heard = False
     for insect in species["insects"]:
         if insect.nocturnal == night and rng.random() < 0.85:
-            x += _db(rng.uniform(-42, -30)) * insect_chorus(rng, insect, n)
+            loud = profile.night_insects_db if insect.nocturnal else 0.0
+            x += _db(rng.uniform(-42, -30) + loud) * insect_chorus(rng, insect, n)
             insects_heard = True
     present["insects"] = insects_heard
 
     frogs_heard = False
     for frog in species["frogs"]:
         if night and rng.random() < 0.8:
-            x += _db(rng.uniform(-36, -26)) * frog_chorus(rng, frog, n, int(rng.integers(3, 9)))
+            x += _db(rng.uniform(-36, -26) + profile.night_insects_db) * frog_chorus(rng, frog, n, int(rng.integers(3, 9)))
             frogs_heard = True
     present["frogs"] = frogs_heard
 
@@ -310,7 +355,7 @@ def simulate_recording(
     present["wind"] = bool(wind_db > -48)
     x += _db(wind_db) * wind(rng, n)
 
-    traffic = degradation * traffic_level(hour)
+    traffic = degradation * traffic_level(hour, profile)
     present["traffic"] = bool(traffic > 0.05)
     if present["traffic"]:
         x += _db(-52 + 20 * traffic) * road_traffic(rng, n, traffic)
@@ -334,16 +379,16 @@ def site_species(rng: np.random.Generator, degradation: float) -> dict[str, list
 
 
 LABEL_COLUMNS = (
-    "site", "habitat", "degradation", "recorder", "recorder_model", "recorded_at", "hour",
+    "site", "habitat", "degradation", "recorder", "recorder_model", "recorded_at", "date", "hour",
     "diel_period", "day_night", "birds", "insects", "frogs", "rain", "wind", "traffic",
-    "aircraft", "species",
+    "aircraft", "species", "dawn_hour", "dawn_strength", "day_activity", "night_insects_db", "rush_hours",
 )  # fmt: skip
 
 
 def _write_recording(job: dict) -> dict[str, bool]:
     rng = np.random.default_rng(job["seed"])
     audio, present = simulate_recording(
-        rng, job["duration_s"], job["hour"], job["degradation"], job["species"], job["model"]
+        rng, job["duration_s"], job["hour"], job["degradation"], job["species"], job["model"], job["profile"]
     )
     sf.write(job["path"], audio, SR, subtype="PCM_16")
     return present
@@ -360,22 +405,29 @@ def simulate_survey(
     start_date: datetime = datetime(2024, 5, 1),
     workers: int | None = None,
     recorder_models: tuple[RecorderModel, ...] = RECORDER_MODELS,
+    habitats: int | None = None,
 ) -> Path:
     """Write a survey of WAV files as SITE/RECORDER/YYYYMMDD_HHMMSS.WAV plus labels.csv.
 
-    Returns the path of labels.csv. Recorder models alternate across a site's
+    Returns the path of labels.csv. Sites lie along a degradation gradient of
+    ``habitats`` levels (default: one per site); with fewer levels than sites,
+    sites take them in turn, so sites of one habitat share their species pool
+    and differ in their diel pattern (:class:`DielProfile`, drawn per site; its
+    values are in the labels). Recorder models alternate across a site's
     recorders, so every site has each model. The output depends on the seed
     only (not on ``workers``).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    levels = max(1, min(habitats or n_sites, n_sites))
     jobs, rows = [], []
     for s, site_seq in enumerate(np.random.SeedSequence(seed).spawn(n_sites)):
-        degradation = s / max(1, n_sites - 1)
+        degradation = (s % levels) / max(1, levels - 1)
         site = f"site{s + 1}"
         habitat = HABITATS[min(len(HABITATS) - 1, int(degradation * (len(HABITATS) - 1) + 0.5))]
         species_seq, *file_seqs = site_seq.spawn(1 + recorders_per_site * days * len(hours))
         species = site_species(np.random.default_rng(species_seq), degradation)
+        profile = site_profile(np.random.default_rng(site_seq.spawn(1)[0]))
         species_names = ";".join(x.name for kind in ("birds", "insects", "frogs") for x in species[kind])
         file_seqs = iter(file_seqs)
         for r in range(recorders_per_site):
@@ -386,17 +438,8 @@ def simulate_survey(
                     start = start_date + timedelta(days=d, hours=hour)
                     rel = f"{site}/{recorder}/{start:%Y%m%d_%H%M%S}.WAV"
                     (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                    jobs.append(
-                        {
-                            "path": out / rel,
-                            "seed": next(file_seqs),
-                            "duration_s": duration_s,
-                            "hour": hour,
-                            "degradation": degradation,
-                            "species": species,
-                            "model": model,
-                        }
-                    )
+                    jobs.append({"path": out / rel, "seed": next(file_seqs), "duration_s": duration_s, "hour": hour,
+                                 "degradation": degradation, "species": species, "model": model, "profile": profile})  # fmt: skip
                     rows.append(
                         {
                             "path": rel,
@@ -406,10 +449,12 @@ def simulate_survey(
                             "recorder": recorder,
                             "recorder_model": model.name,
                             "recorded_at": start.isoformat(),
+                            "date": f"{start:%Y-%m-%d}",
                             "hour": f"{hour:g}",
                             "diel_period": diel_period(hour),
                             "day_night": "night" if is_night(hour) else "day",
                             "species": species_names,
+                            **profile.as_labels(),
                         }
                     )
     workers = workers or min(len(jobs), os.cpu_count() or 1)

@@ -1,0 +1,192 @@
+"""The representation benchmark: what the VAE's descriptors are worth against baselines on the same footing.
+
+Every change to the model, training or descriptors is judged here. Tasks:
+
+* a simulated multi-day survey (4 sites in 2 habitats x 2 recorders x 3 days x 12 times of day):
+  site and habitat per site-recorder-day unit (``--unit site,recorder --window 1D``); sites of
+  one habitat share their species and differ in their day (dawn chorus timing and strength,
+  night insects, rush hours), so a time average cannot tell them apart but a distribution can;
+* the real recordings of ../shared/data: the Jura diel series (96 x 10 s, one site) day/night and
+  diel period per recording; behaviouR site and time of day (16 x 20 s; saturated so far).
+
+Feature sets: the VAE (posteriors) and each baseline (log-mel band means per frame, scikit-maad
+indices per 15.36 s window, BirdNET per 3 s window), each through the same descriptors (mean,
+moments, mixture), the same classifiers and the same folds. Balanced accuracy is given as mean and
+sd over ``--cv-repeats`` repeated grouped 5-fold CVs (different fold seeds) and over the training
+seeds (``--train-seeds``, one model each, trained on the survey and the real recordings together).
+Baselines are computed once and cached in the work folder.
+
+    python bench/representation.py [--steps 1500] [--train-seeds 0,1] [--cv-repeats 5] [--work DIR]
+
+Writes bench/results/representation.json and representation.md (the table for bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from common import RESULTS, SHARED_DATA, write_results
+
+from ecovae.baselines import baseline_sets
+from ecovae.descriptors import group_units, read_latents
+from ecovae.encode import encode
+from ecovae.evaluate import evaluate_descriptors
+from ecovae.simulate import simulate_survey
+from ecovae.train import train, train_preset
+
+HOURS = tuple(float(h) for h in range(0, 24, 2))
+TASKS = [  # name, data, target, unit, window, rows of the latents to keep (path prefix)
+    ("sim: site per site-day", "sim", "site", "site,recorder", "1D", None),
+    ("sim: habitat per site-day", "sim", "habitat", "site,recorder", "1D", None),
+    ("Jura: day/night per recording", "real", "day_night", None, None, "maad_jura_diel/"),
+    ("Jura: diel period per recording", "real", "diel_period", None, None, "maad_jura_diel/"),
+    ("behaviouR: site per recording", "real", "site_or_habitat", None, None, "behaviour_soundscapes/"),
+    ("behaviouR: time of day per recording", "real", "diel_period", None, None, "behaviour_soundscapes/"),
+]
+TEMPORAL = ("moments", "mixture")
+
+
+def survey(work: Path, duration: float) -> Path:
+    out = work / "survey"
+    if not (out / "labels.csv").is_file():
+        simulate_survey(out, n_sites=4, recorders_per_site=2, hours=HOURS, days=3, duration_s=duration, seed=0,
+                        habitats=2)  # fmt: skip
+    return out
+
+
+def training_folder(work: Path, sim: Path) -> Path:
+    """The survey and the real recordings side by side (links: nothing copied)."""
+    folder = work / "train_data"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, target in (("sim", sim), ("real", SHARED_DATA)):
+        if not (folder / name).exists():
+            os.symlink(target.resolve(), folder / name)
+    return folder
+
+
+def run(args) -> dict:
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    sim = survey(work, args.duration)
+    data = {"sim": (sim, sim / "labels.csv"), "real": (SHARED_DATA, SHARED_DATA / "MANIFEST.csv")}
+    folder = training_folder(work, sim)
+    models, scores = [], []
+    baselines: dict[tuple, dict] = {}
+    for train_seed in args.train_seeds:
+        run_dir = work / f"run_seed{train_seed}_{args.steps}"
+        t0 = time.time()
+        manifest = train(folder, run_dir, train_preset(args.preset, max_steps=args.steps, seed=train_seed),
+                         resume=(run_dir / "checkpoints").is_dir(), progress=False)  # fmt: skip
+        models.append({"seed": train_seed, "steps": manifest["global_step"], "wall_time_s": manifest["wall_time_s"],
+                       "heldout_neg_elbo": manifest["heldout"].get("final", {}).get("neg_elbo"),
+                       "hours": manifest["data"]["hours"], "this_call_s": round(time.time() - t0, 1)})  # fmt: skip
+        frames = {}
+        for name, (root, labels) in data.items():
+            latents = run_dir / f"latents_{name}.parquet"
+            encode(root, run_dir, latents, labels, progress=False)
+            frames[name] = read_latents(latents)
+        for task, name, target, unit, window, prefix in TASKS:
+            table = frames[name] if prefix is None else frames[name][frames[name]["path"].str.startswith(prefix)]
+            units = group_units(table, unit, window)
+            key = (task,)
+            if key not in baselines:  # the baselines do not depend on the model: once per task
+                baselines[key] = baseline_sets(table, args.baselines, data[name][0], work / f"cache_{name}", unit,
+                                               window)  # fmt: skip
+            for cv_seed in range(args.cv_repeats):
+                t1 = time.time()
+                ev = evaluate_descriptors(units, target, None, seed=cv_seed, features=baselines[key],
+                                          unit=unit or "recording")  # fmt: skip
+                s = ev.summary[["features", "descriptor", "classifier", "balanced_accuracy"]].copy()
+                s["task"], s["train_seed"], s["cv_seed"], s["n_units"] = task, train_seed, cv_seed, ev.n_units
+                s["chance"] = ev.chance["balanced_accuracy"]
+                scores.append(s)
+                logging.info("%s, training seed %d, CV seed %d: %.0f s", task, train_seed, cv_seed, time.time() - t1)
+    scores = pd.concat(scores, ignore_index=True)
+    scores.to_csv(RESULTS / "representation_scores.csv", index=False)
+    return {"models": models, "scores": scores}
+
+
+def summarise(scores: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """Mean and sd per task x feature set x descriptor x classifier; the verdicts per task."""
+    keys = ["task", "features", "descriptor", "classifier"]
+    table = scores.groupby(keys, sort=False)["balanced_accuracy"].agg(["mean", "std", "count"]).reset_index()
+    table = table.merge(scores.groupby("task")[["n_units", "chance"]].first().reset_index(), on="task")
+    verdicts = []
+    for task, t in table.groupby("task", sort=False):
+        best = t.sort_values("mean", ascending=False).iloc[0]
+        vae, logmel = t[t.features == "vae"], t[t.features == "logmel"]
+        v = {"task": task, "winner": f"{best.features} {best.descriptor} / {best.classifier}",
+             "winner_mean": best["mean"], "winner_sd": best["std"],
+             "saturated": bool((t["mean"] >= 0.99).sum() >= 0.5 * len(t))}  # fmt: skip
+        if len(vae):
+            temporal = vae[vae.descriptor.isin(TEMPORAL)]["mean"].max()
+            v["vae_temporal_minus_vae_mean"] = temporal - vae[vae.descriptor == "mean"]["mean"].max()
+        if len(vae) and len(logmel):
+            v["vae_minus_logmel_same_descriptor"] = {
+                d: vae[vae.descriptor == d]["mean"].max() - logmel[logmel.descriptor == d]["mean"].max()
+                for d in vae.descriptor.unique()
+            }
+            v["vae_best_minus_logmel_best"] = vae["mean"].max() - logmel["mean"].max()
+        verdicts.append(v)
+    return table, verdicts
+
+
+def markdown(table: pd.DataFrame, verdicts: list[dict], models: list[dict], args) -> str:
+    lines = [f"Training: preset {args.preset}, {args.steps} steps, seeds {args.train_seeds}; "
+             + "; ".join(f"seed {m['seed']}: {m['wall_time_s']:.0f} s, held-out -ELBO {m['heldout_neg_elbo']:.1f}"
+                         for m in models)
+             + f". Balanced accuracy, mean ± sd over {args.cv_repeats} CV seeds × {len(args.train_seeds)} training seeds "
+             "(baselines: CV seeds only).", ""]  # fmt: skip
+    for v in verdicts:
+        t = table[table.task == v["task"]]
+        lines += [f"**{v['task']}** ({int(t['n_units'].iloc[0])} units, chance {t['chance'].iloc[0]:.3f})"
+                  + (" (saturated)" if v["saturated"] else ""), "",
+                  "| features | descriptor | logreg | rf |", "|---|---|---|---|"]  # fmt: skip
+        for (feats, desc), g in t.groupby(["features", "descriptor"], sort=False):
+            cells = {r.classifier: f"{r['mean']:.3f} ± {r['std']:.3f}" for _, r in g.iterrows()}
+            lines.append(f"| {feats} | {desc} | {cells.get('logreg', '')} | {cells.get('rf', '')} |")
+        lines += ["", f"Winner: {v['winner']} ({v['winner_mean']:.3f} ± {v['winner_sd']:.3f})."]
+        if "vae_temporal_minus_vae_mean" in v:
+            lines[-1] += f" VAE best temporal (moments/mixture) minus VAE mean: {v['vae_temporal_minus_vae_mean']:+.3f}."
+        if "vae_minus_logmel_same_descriptor" in v:
+            diffs = ", ".join(f"{d} {x:+.3f}" for d, x in v["vae_minus_logmel_same_descriptor"].items())
+            lines[-1] += f" VAE minus log-mel, same descriptor: {diffs}."
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--train-seeds", default="0,1", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--cv-repeats", type=int, default=5)
+    p.add_argument("--duration", type=float, default=20.0, help="seconds per simulated recording")
+    p.add_argument("--baselines", default="logmel,indices,birdnet", type=lambda s: [x for x in s.split(",") if x])
+    p.add_argument("--work", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "ecovae-bench-representation"))
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    t0 = time.time()
+    result = run(args)
+    table, verdicts = summarise(result["scores"])
+    md = markdown(table, verdicts, result["models"], args)
+    print(md)
+    (RESULTS / "representation.md").write_text(md + "\n")
+    write_results("representation", {
+        "settings": {k: v for k, v in vars(args).items() if k != "work"}, "models": result["models"],
+        "table": table.to_dict("records"), "verdicts": verdicts, "wall_time_s": round(time.time() - t0, 1),
+        "seconds_per_simulated_recording": args.duration,
+    })  # fmt: skip
+    print(np.round(time.time() - t0), "s in all")
+
+
+if __name__ == "__main__":
+    main()
