@@ -52,10 +52,10 @@ TASKS = [  # name, data, target, unit, window, rows of the latents to keep (path
 TEMPORAL = ("moments", "mixture")
 
 
-def survey(work: Path, duration: float) -> Path:
+def survey(work: Path, duration: float, days: int, hours: tuple[float, ...]) -> Path:
     out = work / "survey"
     if not (out / "labels.csv").is_file():
-        simulate_survey(out, n_sites=4, recorders_per_site=2, hours=HOURS, days=3, duration_s=duration, seed=0,
+        simulate_survey(out, n_sites=4, recorders_per_site=2, hours=hours, days=days, duration_s=duration, seed=0,
                         habitats=2)  # fmt: skip
     return out
 
@@ -73,7 +73,7 @@ def training_folder(work: Path, sim: Path) -> Path:
 def run(args) -> dict:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    sim = survey(work, args.duration)
+    sim = survey(work, args.duration, args.days, args.hours)
     data = {"sim": (sim, sim / "labels.csv"), "real": (SHARED_DATA, SHARED_DATA / "MANIFEST.csv")}
     folder = training_folder(work, sim)
     models, scores = [], []
@@ -87,11 +87,11 @@ def run(args) -> dict:
                        "heldout_neg_elbo": manifest["heldout"].get("final", {}).get("neg_elbo"),
                        "hours": manifest["data"]["hours"], "this_call_s": round(time.time() - t0, 1)})  # fmt: skip
         frames = {}
-        for name, (root, labels) in data.items():
+        for name, (root, labels) in [(k, v) for k, v in data.items() if k in args.data]:
             latents = run_dir / f"latents_{name}.parquet"
             encode(root, run_dir, latents, labels, progress=False)
             frames[name] = read_latents(latents)
-        for task, name, target, unit, window, prefix in TASKS:
+        for task, name, target, unit, window, prefix in [t for t in TASKS if t[1] in args.data]:
             table = frames[name] if prefix is None else frames[name][frames[name]["path"].str.startswith(prefix)]
             units = group_units(table, unit, window)
             key = (task,)
@@ -108,7 +108,7 @@ def run(args) -> dict:
                 scores.append(s)
                 logging.info("%s, training seed %d, CV seed %d: %.0f s", task, train_seed, cv_seed, time.time() - t1)
     scores = pd.concat(scores, ignore_index=True)
-    scores.to_csv(RESULTS / "representation_scores.csv", index=False)
+    scores.to_csv(args.out.with_name(args.out.stem + "_scores.csv"), index=False)
     return {"models": models, "scores": scores}
 
 
@@ -169,8 +169,17 @@ def main() -> None:
     p.add_argument("--cv-repeats", type=int, default=5)
     p.add_argument("--duration", type=float, default=20.0, help="seconds per simulated recording")
     p.add_argument("--baselines", default="logmel,indices,birdnet", type=lambda s: [x for x in s.split(",") if x])
+    p.add_argument("--days", type=int, default=3)
+    p.add_argument("--hours", default=HOURS, type=lambda s: tuple(float(h) for h in s.split(",")))
+    p.add_argument("--data", default="sim,real", type=lambda s: s.split(","), help="sim, real or both")
     p.add_argument("--work", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "ecovae-bench-representation"))
+    p.add_argument("--out", type=Path, default=RESULTS / "representation.json")
+    p.add_argument("--smoke", action="store_true", help="seconds, not an hour: the script runs end to end")
     args = p.parse_args()
+    if args.smoke:
+        args.steps, args.train_seeds, args.cv_repeats, args.duration, args.days = 10, [0], 1, 4.0, 2
+        args.hours, args.baselines, args.data = (0.0, 6.0, 12.0, 18.0), ["logmel"], ["sim"]
+        args.work = str(args.out.parent / "work")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -179,12 +188,13 @@ def main() -> None:
     table, verdicts = summarise(result["scores"])
     md = markdown(table, verdicts, result["models"], args)
     print(md)
-    (RESULTS / "representation.md").write_text(md + "\n")
+    args.out.with_suffix(".md").write_text(md + "\n")
     write_results("representation", {
-        "settings": {k: v for k, v in vars(args).items() if k != "work"}, "models": result["models"],
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "work"},
+        "models": result["models"],
         "table": table.to_dict("records"), "verdicts": verdicts, "wall_time_s": round(time.time() - t0, 1),
         "seconds_per_simulated_recording": args.duration,
-    })  # fmt: skip
+    }, args.out)  # fmt: skip
     print(np.round(time.time() - t0), "s in all")
 
 

@@ -183,8 +183,8 @@ def test_saliency_and_boundary_walk(simulated):
         assert m.shape == tuple(x.shape) and np.isfinite(m).all() and np.abs(m).sum() > 0
     walk = boundary_walk(model, z, y, "site1", "site4")
     p = np.array(walk.probabilities)
-    assert np.all(np.diff(p) > 0) and p[0] < 0.5 < p[-1]
-    assert all(s.shape == (192, 64) and np.isfinite(s).all() for s in walk.spectrograms)
+    assert np.all(np.diff(p) > 0) and p[-1] == pytest.approx(0.9)  # confident on the other side, whatever the weights
+    assert all(s.shape == (2 * 192, 64) and np.isfinite(s).all() for s in walk.spectrograms)
 
 
 def test_report_escapes_names_and_has_every_section(simulated, tmp_path):

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow  # seconds to a minute each: CI runs them; `-m 'no
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-@pytest.mark.parametrize("script", ["encode_throughput.py", "train_throughput.py", "peak_memory.py", "encode_engines.py", "resume_index.py"])
+@pytest.mark.parametrize("script", ["encode_throughput.py", "train_throughput.py", "peak_memory.py", "encode_engines.py", "resume_index.py",
+                                    "representation.py"])
 def test_benchmark_smoke(script, shared_data, tmp_path):
     out = tmp_path / "result.json"
     done = subprocess.run([sys.executable, str(BENCH / script), "--smoke", "--out", str(out)],
@@ -30,6 +31,11 @@ def test_benchmark_smoke(script, shared_data, tmp_path):
         assert result["rows"][0]["frames_per_s"] > 0
     elif script == "resume_index.py":  # only the one file not yet done was opened (and found empty)
         assert [(r["already_done"], r["skipped_now"]) for r in result["rows"]] == [(999, 1), (1999, 1)]
+    elif script == "representation.py":  # every feature set x descriptor x classifier, for each task
+        tasks = {r["task"] for r in result["table"]}
+        assert tasks == {"sim: site per site-day", "sim: habitat per site-day"}
+        assert len(result["table"]) == 2 * 2 * 3 * 2 and all(0 <= r["mean"] <= 1 for r in result["table"])
+        assert out.with_suffix(".md").read_text().count("| vae |") == 2 * 3
     elif script == "encode_engines.py":
         assert [r["files"] for r in result["rows"]] == [4, 4] and result["rows_equal"]
         assert result["max_mu_difference"] < 1e-4

@@ -43,13 +43,16 @@ def test_errors_name_the_problem(tmp_path):
 @pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path):
     out = tmp_path / "qs"
-    result = runner.invoke(app, ["quickstart", "--out", str(out), "--steps", "20", "--duration", "12", "--sites", "3",
-                                 "--hours", "0,6,12,18", "--quiet"])  # fmt: skip
+    result = runner.invoke(app, ["quickstart", "--out", str(out), "--steps", "20", "--duration", "6", "--sites", "3",
+                                 "--days", "2", "--hours", "0,8,16", "--quiet"])  # fmt: skip
     assert result.exit_code == 0, result.output
     labels = pd.read_csv(out / "survey" / "labels.csv")
     df = pd.read_parquet(out / "latents.parquet")
     assert set(df["path"]) == set(labels["path"])
-    assert len(df) == len(labels) * 7  # 12 s recordings: 7 whole frames of 1.536 s each
+    assert len(df) == len(labels) * 3  # 6 s recordings: 3 whole frames of 1.536 s each
+    evaluation = json.loads((out / "eval" / "evaluation.json").read_text())
+    # units: one per site, recorder and day, each holding that day's recordings
+    assert evaluation["unit"] == "site,recorder per 1D" and evaluation["n_units"] == 3 * 2 * 2
     assert {"site", "recorder_model", "diel_period"} <= set(df.columns)
     assert (out / "run" / "model.safetensors").is_file()
     assert "held-out negative ELBO" in result.output
@@ -59,11 +62,13 @@ def test_quickstart_end_to_end(tmp_path):
     assert html.count("data:image/png;base64,") >= 15
     interpretation = json.loads((out / "eval" / "interpretation.json").read_text())
     assert interpretation["saliency"]["finite"] and interpretation["reconstruction"]["frames"] > 0
+    walk = interpretation["boundary_walk"]
+    assert walk["probabilities"][-1] == pytest.approx(0.9) and len(walk["audio"]) == len(walk["probabilities"])
+    assert html.count("data:audio/wav;base64,") == len(walk["audio"]) and "<audio controls" in html
     metrics = pd.read_csv(out / "eval" / "metrics.csv")
     assert {"vae", "indices", "logmel"} <= set(metrics["features"])
     # every feature set through every descriptor, on the same units
     assert (metrics.groupby("features")["descriptor"].apply(set) == {"mean", "moments", "mixture"}).all()
-    evaluation = json.loads((out / "eval" / "evaluation.json").read_text())
     assert evaluation["vae"]["features"] == "vae" and "logmel" in evaluation["against"]
     assert "Verdict" in html
     assert (out / "eval" / "hardware.json").is_file() and (out / "methods.json").is_file()

@@ -5,10 +5,14 @@
   | error images.
 * Saliency: the linear classifier's score for a class, as a function of the
   input log-mel through the encoder (score = w . mean_t mu_t + b), attributed to
-  time-frequency cells by integrated gradients and gradient x input (Captum).
+  time-frequency cells by integrated gradients smoothed over noisy inputs
+  (SmoothGrad) and gradient x input (Captum), and summed into a coarse grid of
+  frames x bands; for the recording the classifier is most confident about.
 * Boundary walk: from one class's mean latent, along the unit normal of the
-  logistic-regression hyperplane (A vs B) to past the boundary, each step
-  decoded to a spectrogram, with the classifier's probability.
+  logistic-regression hyperplane (A vs B) until the classifier gives the other
+  class p = 0.1 ... 0.9, each step decoded to a spectrogram, shown with its
+  difference from the start, the change per mel band, and as sound (mel
+  inversion, Griffin-Lim) to listen to.
 * PCA and UMAP of the descriptors, coloured by each label.
 """
 
@@ -32,6 +36,9 @@ from ecovae.model import SoundscapeVAE
 from ecovae.spectrogram import SpectrogramConfig, iter_clips
 
 log = logging.getLogger(__name__)
+
+BANDS = {"below 1 kHz": (0, 1000), "1-2 kHz": (1000, 2000), "2-8 kHz": (2000, 8000), "above 8 kHz": (8000, 1e9)}
+DB_PER_NEPER = 20 / np.log(10)  # the log-mel is a natural log of magnitude
 
 
 @dataclass
@@ -120,16 +127,33 @@ class ClassScore(torch.nn.Module):
         return mu.mean(1) @ self.w + self.b  # (B,)
 
 
-def saliency_maps(model: SoundscapeVAE, x: torch.Tensor, score: LinearScore, ig_steps: int = 32) -> dict[str, np.ndarray]:
-    """Integrated gradients (baseline: digital silence) and gradient x input, each shaped like x (hops, mels)."""
-    from captum.attr import InputXGradient, IntegratedGradients
+def saliency_maps(model: SoundscapeVAE, x: torch.Tensor, score: LinearScore, ig_steps: int = 16,
+                  smooth_samples: int = 8, seed: int = 0) -> dict[str, np.ndarray]:  # fmt: skip
+    """Integrated gradients (baseline: digital silence) averaged over noisy copies of the input (SmoothGrad,
+    Captum's NoiseTunnel: the speckle of one gradient averages out), and gradient x input; each (hops, mels)."""
+    from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel
 
+    torch.manual_seed(seed)
     f = ClassScore(model.eval(), score)
     inp = x[None, None].clone().requires_grad_(True)
     baseline = torch.full_like(inp, float(np.log(SpectrogramConfig().log_floor)))
-    ig = IntegratedGradients(f).attribute(inp, baselines=baseline, n_steps=ig_steps, internal_batch_size=8)
+    noise = 0.15 * float(x.std())  # a few percent of the log-mel's range
+    ig = NoiseTunnel(IntegratedGradients(f)).attribute(
+        inp, baselines=baseline, n_steps=ig_steps, internal_batch_size=8, nt_type="smoothgrad",
+        nt_samples=smooth_samples, nt_samples_batch_size=1, stdevs=noise,
+    )  # fmt: skip
     gxi = InputXGradient(f).attribute(inp)
-    return {"integrated gradients": ig[0, 0].detach().numpy(), "gradient x input": gxi[0, 0].detach().numpy()}
+    return {"integrated gradients (SmoothGrad)": ig[0, 0].detach().numpy(), "gradient x input": gxi[0, 0].detach().numpy()}
+
+
+def coarse_grid(attribution: np.ndarray, spec: SpectrogramConfig) -> np.ndarray:
+    """Attribution summed into (frames, coarse bands): which 1.536 s and which band raise the score."""
+    from ecovae.spectrogram import mel_frequencies
+
+    freqs = mel_frequencies(spec)
+    n = attribution.shape[0] // spec.frame_hops
+    per_frame = attribution[: n * spec.frame_hops].reshape(n, spec.frame_hops, -1).sum(1)  # (frames, mels)
+    return np.stack([per_frame[:, (freqs >= lo) & (freqs < hi)].sum(1) for lo, hi in BANDS.values()], 1)
 
 
 # --------------------------------------------------------------------------- boundary walk
@@ -139,28 +163,87 @@ def saliency_maps(model: SoundscapeVAE, x: torch.Tensor, score: LinearScore, ig_
 class Walk:
     class_a: str
     class_b: str
-    steps: list[float]  # distance along the unit normal, latent units
-    probabilities: list[float]  # of class_b
+    steps: list[float]  # distance along the unit normal from class A's mean, latent units
+    probabilities: list[float]  # of class_b: the start's, then the requested ones
     spectrograms: list[np.ndarray]  # decoded, (hops, mels) each
+
+    @property
+    def differences(self) -> list[np.ndarray]:
+        """Each step's decoded spectrogram minus the start's: where the walk adds or removes energy."""
+        return [s - self.spectrograms[0] for s in self.spectrograms]
+
+
+WALK_PROBABILITIES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def walk_points(score: LinearScore, start: np.ndarray, probabilities=WALK_PROBABILITIES) -> tuple[np.ndarray, np.ndarray]:
+    """Distances along the score's unit normal, and the points, where p = sigmoid(score) takes each
+    requested value beyond the start's own (the start comes first). The score is linear: exact."""
+    norm = float(np.linalg.norm(score.w))
+    p0 = 1 / (1 + np.exp(-score(start)))
+    wanted = [p for p in probabilities if p > p0] or [max(probabilities)]
+    logits = np.log(np.asarray(wanted)) - np.log1p(-np.asarray(wanted))
+    distances = np.r_[0.0, (logits - score(start)) / norm]
+    return distances, start[None] + distances[:, None] * (score.w / norm)[None]
 
 
 @torch.no_grad()
 def boundary_walk(model: SoundscapeVAE, z: np.ndarray, y: np.ndarray, class_a: str, class_b: str,
-                  n_steps: int = 9, frames: int = 1) -> Walk:  # fmt: skip
-    """Walk from class A's mean latent along the A-vs-B hyperplane's unit normal to as far past the boundary."""
+                  probabilities=WALK_PROBABILITIES, frames: int = 2) -> Walk:  # fmt: skip
+    """Walk from class A's mean latent along the A-vs-B hyperplane's unit normal until the classifier
+    gives class B each requested probability (to 0.9: confident on the other side); decode each step."""
     pair = np.isin(y, [class_a, class_b])
     score = fit_linear(z[pair], y[pair], positive=class_b)
-    norm = float(np.linalg.norm(score.w))
-    normal = score.w / norm
-    start = z[y == class_a].mean(0)
-    distance = -float(score(start)) / norm  # signed distance to the boundary along the normal
-    end = 2 * distance if distance > 0 else 1.0
-    steps = np.linspace(0, end, n_steps)
-    points = start[None] + steps[:, None] * normal[None]
+    distances, points = walk_points(score, z[y == class_a].mean(0), probabilities)
     probs = 1 / (1 + np.exp(-score(points)))
     zt = torch.as_tensor(points, dtype=torch.float32)[:, None].repeat(1, frames, 1)  # (steps, frames, D)
     decoded = model.eval().decode(zt)[:, 0].numpy()
-    return Walk(class_a, class_b, steps.tolist(), probs.tolist(), list(decoded))
+    return Walk(class_a, class_b, distances.tolist(), probs.tolist(), list(decoded))
+
+
+def band_change(walk: Walk, spec: SpectrogramConfig) -> tuple[np.ndarray, dict[str, float]]:
+    """Change from start to end of the walk, per mel band (dB, mean over time) and per coarse band."""
+    from ecovae.spectrogram import mel_frequencies
+
+    per_mel = walk.differences[-1].mean(0) * DB_PER_NEPER
+    freqs = mel_frequencies(spec)
+    coarse = {name: float(per_mel[(freqs >= lo) & (freqs < hi)].mean()) for name, (lo, hi) in BANDS.items()
+              if ((freqs >= lo) & (freqs < hi)).any()}  # fmt: skip
+    return per_mel, coarse
+
+
+def mel_to_audio(logmel: np.ndarray, spec: SpectrogramConfig, n_iter: int = 32, seed: int = 0) -> np.ndarray:
+    """Audio (spec.sample_rate) of a (hops, mels) log-mel spectrogram: mel inversion and Griffin-Lim phase.
+
+    One sample per hop x hop length, finite. A sound to hear where energy moves, not the recording."""
+    import librosa
+
+    magnitude = np.exp(np.asarray(logmel, np.float64).T)  # (mels, hops): the mel of the STFT magnitude
+    stft = librosa.feature.inverse.mel_to_stft(magnitude, sr=spec.sample_rate, n_fft=spec.n_fft, power=1.0,
+                                               fmin=spec.f_min, fmax=min(spec.f_max, spec.sample_rate / 2))  # fmt: skip
+    stft = np.concatenate([stft, stft[:, -1:]], 1)  # librosa's centred frames: one more than our n // hop
+    audio = librosa.griffinlim(stft, n_iter=n_iter, hop_length=spec.hop_length, win_length=spec.win_length,
+                               window="hann", center=True, length=logmel.shape[0] * spec.hop_length,
+                               random_state=seed)  # fmt: skip
+    return np.nan_to_num(audio).astype(np.float32)
+
+
+def write_walk_audio(walk: Walk, spec: SpectrogramConfig, out: Path, rate: int = 32_000) -> list[str]:
+    """Each step as a WAV (16-bit, ``rate`` Hz: the mels end at 15 kHz), one gain for all steps so that
+    loudness changes along the walk stay audible."""
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    sounds = [mel_to_audio(s, spec) for s in walk.spectrograms]
+    sounds = [resample_poly(a, rate, spec.sample_rate).astype(np.float32) for a in sounds]
+    fade = np.minimum(1, np.minimum(np.arange(len(sounds[0])), np.arange(len(sounds[0]))[::-1]) / (0.02 * rate))
+    gain = 0.9 / max(float(np.max(np.abs(a))) for a in sounds) if any(np.any(a) for a in sounds) else 1.0
+    names = []
+    for i, a in enumerate(sounds):
+        name = f"boundary_walk_{i}.wav"
+        sf.write(out / name, (a * gain * fade[: len(a)]).astype(np.float32), rate, subtype="PCM_16")
+        names.append(name)
+    return names
 
 
 # --------------------------------------------------------------------------- projections
@@ -211,23 +294,35 @@ def interpret(recs: Units, model: SoundscapeVAE, spec: SpectrogramConfig, root: 
     val = (run_info or {}).get("data", {}).get("val_recordings", [])
     info["reconstruction"] = reconstruction_metrics(model, root, val, spec, out) if val else None
 
-    # saliency: a recording of class B (or the one asked for), its first 8 frames
+    # saliency: the recording of class B the classifier is most confident about (or the one asked for)
     path_col = "path" if "path" in meta.columns else "first_recording"
-    chosen = recording or meta.loc[labelled & (meta[target].astype(str) == class_b), path_col].iloc[0]
     score = fit_linear(z[labelled], y[labelled], positive=class_b)
+    of_b = np.flatnonzero(labelled.to_numpy() & (y == class_b))
+    chosen = recording or str(meta[path_col].iloc[of_b[np.argmax(score(z[of_b]))]])
     x = first_clip(root / chosen, root, spec, max_frames=8)
     maps = saliency_maps(model, x, score)
+    grid = coarse_grid(maps["integrated gradients (SmoothGrad)"], spec)
     plots.saliency(x.numpy(), maps, f"{chosen}: what raises the score of {target} = {class_b}", out / "saliency.png")
-    np.savez_compressed(out / "saliency.npz", input=x.numpy(), **{k.replace(" ", "_"): v for k, v in maps.items()})
-    info["saliency"] = {"recording": chosen, "class": class_b, "image": "saliency.png",
+    plots.saliency_grid(grid, list(BANDS), spec.frame_seconds, f"{chosen}: attribution per frame and band",
+                        out / "saliency_grid.png")  # fmt: skip
+    np.savez_compressed(out / "saliency.npz", input=x.numpy(), grid=grid,
+                        **{k.replace(" ", "_"): v for k, v in maps.items()})  # fmt: skip
+    info["saliency"] = {"recording": chosen, "class": class_b, "image": "saliency.png", "grid_image": "saliency_grid.png",
+                        "probability": float(1 / (1 + np.exp(-score(z[of_b]).max()))) if recording is None else None,
+                        "grid": {band: grid[:, i].tolist() for i, band in enumerate(BANDS)},
                         "methods": list(maps), "finite": bool(all(np.isfinite(m).all() for m in maps.values()))}  # fmt: skip
 
     walk = boundary_walk(model, z[labelled], y[labelled], class_a, class_b)
-    plots.boundary_walk(walk.spectrograms, walk.probabilities, walk.steps,
+    per_mel, coarse = band_change(walk, spec)
+    plots.boundary_walk(walk.spectrograms, walk.differences, walk.probabilities,
                         f"{target}: from the mean of {class_a} across the boundary to {class_b}", class_b,
                         out / "boundary_walk.png")  # fmt: skip
+    plots.band_change(per_mel, coarse, BANDS, f"change from p({class_b})={walk.probabilities[0]:.2f} to "
+                      f"{walk.probabilities[-1]:.2f}", out / "boundary_walk_bands.png")  # fmt: skip
+    sounds = write_walk_audio(walk, spec, out)
     info["boundary_walk"] = {"from": class_a, "to": class_b, "steps": walk.steps, "probabilities": walk.probabilities,
-                             "image": "boundary_walk.png"}  # fmt: skip
+                             "image": "boundary_walk.png", "bands_image": "boundary_walk_bands.png",
+                             "band_change_db": coarse, "audio": sounds}  # fmt: skip
 
     label_cols = [c for c in meta.columns if c not in ("unit", "path", "first_recording", "start_time", "window_start",
                                                        "n_frames", "n_recordings")]  # fmt: skip

@@ -82,18 +82,57 @@ def saliency(x: np.ndarray, maps: dict[str, np.ndarray], title: str, path: Path)
     return _save(fig, path)
 
 
-def boundary_walk(specs: list[np.ndarray], probs: list[float], steps: list[float], title: str, class_b: str,
+def boundary_walk(specs: list[np.ndarray], diffs: list[np.ndarray], probs: list[float], title: str, class_b: str,
                   path: Path) -> Path:  # fmt: skip
-    """Decoded spectrograms along the walk, each with the classifier's probability of ``class_b``."""
+    """Decoded spectrograms along the walk (top) and each one's difference from the start (bottom, dB),
+    each with the classifier's probability of ``class_b``."""
     n = len(specs)
-    fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 3.4), sharey=True)
+    fig, axes = plt.subplots(2, n, figsize=(1.9 * n, 6.2), sharey=True, squeeze=False)
     lo, hi = np.percentile(np.concatenate(specs), [1, 99.5])
-    for i, (ax, s) in enumerate(zip(np.atleast_1d(axes), specs, strict=True)):
-        _spec_axes(ax, s, f"step {steps[i]:+.1f}\np({class_b})={probs[i]:.2f}", vmin=lo, vmax=hi)
-        if i:
-            ax.set_ylabel("")
-        ax.set_xlabel("s")
-    fig.suptitle(title, fontsize=10, y=1.08)
+    db = 20 / np.log(10)
+    lim = max(float(np.percentile(np.abs(np.concatenate(diffs)) * db, 99.5)), 1e-3)
+    for i in range(n):
+        _spec_axes(axes[0, i], specs[i], ("start: " if i == 0 else "") + f"p({class_b})={probs[i]:.2f}", vmin=lo, vmax=hi)
+        im = _spec_axes(axes[1, i], diffs[i] * db, "difference from start", cmap="RdBu_r", vmin=-lim, vmax=lim)
+        for ax in axes[:, i]:
+            ax.set_xlabel("s")
+            if i:
+                ax.set_ylabel("")
+    fig.colorbar(im, ax=axes[1, :].tolist(), fraction=0.02, label="dB (red: more energy than at the start)")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def band_change(per_mel_db: np.ndarray, coarse: dict[str, float], bands: dict, title: str, path: Path) -> Path:
+    """Where the energy moves along the walk: change per mel band against frequency, coarse bands shaded."""
+    freqs = mel_frequencies(SPEC)[: len(per_mel_db)]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.plot(freqs, per_mel_db, "o-", ms=3, color="#335")
+    for k, (name, (lo, hi)) in enumerate(bands.items()):
+        if name in coarse:
+            ax.axvspan(max(lo, freqs[0]), min(hi, freqs[-1]), color=("#eef" if k % 2 else "#efe"), zorder=0)
+            ax.text(np.sqrt(max(lo, freqs[0]) * min(hi, freqs[-1])), ax.get_ylim()[1], f"{name}\n{coarse[name]:+.1f} dB",
+                    ha="center", va="top", fontsize=8)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("frequency (Hz)")
+    ax.set_ylabel("change (dB, mean over time)")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def saliency_grid(grid: np.ndarray, bands: list[str], frame_seconds: float, title: str, path: Path) -> Path:
+    """Attribution summed per frame (columns) and coarse band (rows), with the numbers."""
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * grid.shape[0], 2.8))
+    lim = float(np.abs(grid).max()) or 1.0
+    im = ax.imshow(grid.T, origin="lower", aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
+    for (t, b), v in np.ndenumerate(grid):
+        ax.text(t, b, f"{v:.2g}", ha="center", va="center", fontsize=7)
+    ax.set_yticks(range(len(bands)), bands)
+    ax.set_xticks(range(grid.shape[0]), [f"{t * frame_seconds:.1f}" for t in range(grid.shape[0])])
+    ax.set_xlabel("frame start (s)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="attribution")
     return _save(fig, path)
 
 

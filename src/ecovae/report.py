@@ -24,9 +24,11 @@ def _read_json(path: Path) -> dict:
 
 
 def _data_uri(path: Path) -> str | None:
+    """The file inlined, so the report is one file to send (PNG pictures, WAV sounds)."""
     if not path.is_file():
         return None
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    mime = {".wav": "audio/wav"}.get(path.suffix.lower(), "image/png")
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None) -> dict[str, dict[str, str]]:
@@ -146,7 +148,12 @@ def write_report(run_dir: Path | str, eval_dir: Path | str, out: Path | str, lat
                   "heldout_initial": ((run.get("heldout") or {}).get("initial") or {}).get("neg_elbo"),
                   "heldout_final": ((run.get("heldout") or {}).get("final") or {}).get("neg_elbo")},
         images={"training_curves": _data_uri(eval_dir / "training_curves.png"),
-                "saliency": _data_uri(eval_dir / "saliency.png"), "boundary_walk": _data_uri(eval_dir / "boundary_walk.png")},
+                "saliency": _data_uri(eval_dir / "saliency.png"), "boundary_walk": _data_uri(eval_dir / "boundary_walk.png"),
+                "saliency_grid": _data_uri(eval_dir / "saliency_grid.png"),
+                "walk_bands": _data_uri(eval_dir / "boundary_walk_bands.png")},
+        walk_audio=[{"src": _data_uri(eval_dir / name), "p": p} for name, p in
+                    zip((interp.get("boundary_walk") or {}).get("audio", []),
+                        (interp.get("boundary_walk") or {}).get("probabilities", []), strict=False)],
         reconstruction=reconstruction,
         reconstruction_images=[{"src": _data_uri(eval_dir / im["image"]), "path": im["path"]}
                                for im in reconstruction.get("images", [])],
