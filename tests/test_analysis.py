@@ -230,3 +230,36 @@ def test_encoding_with_hardware_correction_brings_recorders_together(untrained_r
         by = recs.meta["recorder_model"].to_numpy()
         gaps[name] = np.linalg.norm(z[by == "bright"].mean(0) - z[by == "dull"].mean(0))
     assert gaps["corrected"] < 0.5 * gaps["plain"]
+
+
+def test_evaluate_and_describe_units_from_the_command_line(simulated, tmp_path):
+    """--unit and --window through the CLI, with the log-mel baseline that encoding wrote beside the latents."""
+    from typer.testing import CliRunner
+
+    from ecovae.cli import app
+
+    _, _, latents = simulated
+    runner = CliRunner()
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", str(latents), "--target", "site", "--unit", "site,recorder",
+                                 "--window", "1D", "--baselines", "logmel", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "evaluation.json").read_text())
+    frames = read_latents(latents)
+    assert info["n_units"] == frames.groupby(["site", "recorder"]).ngroups == 8  # one survey day
+    assert set(pd.read_csv(out / "metrics.csv")["features"]) == {"vae", "logmel"}
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    assert predictions["unit"].str.endswith("|2024-05-01T00:00").all()
+    described = tmp_path / "d.parquet"
+    result = runner.invoke(app, ["describe", str(latents), "--out", str(described), "--unit", "site", "--features",
+                                 "logmel", "--kind", "moments"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(described)
+    assert len(table) == 4 and table["n_frames"].sum() == len(frames)
+    # the log-mel mean per band of a site is the mean of its frames' band means
+    site1 = frames[frames["site"] == "site1"].filter(like="logmel_").mean().to_numpy()
+    np.testing.assert_allclose(table.loc[table["site"] == "site1", [f"mean_{i:03d}" for i in range(64)]].to_numpy()[0],
+                               site1, rtol=1e-4, atol=1e-4)  # fmt: skip
+    result = runner.invoke(app, ["evaluate", str(latents), "--target", "site", "--group", "hour", "--unit", "site",
+                                 "--baselines", "", "--out", str(tmp_path / "bad")])  # fmt: skip
+    assert result.exit_code == 2 and "cannot group units" in result.output
