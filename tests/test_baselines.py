@@ -6,6 +6,7 @@ import os
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ecovae import birdnet
@@ -61,3 +62,12 @@ def test_birdnet_embeddings_per_3_s_window(shared_data, tmp_path):
     e = table[[c for c in table.columns if c.startswith("birdnet_")]].to_numpy()
     assert e.shape[1] == 1024 and np.isfinite(e).all()
     assert not np.allclose(e[0], e[-1])
+
+
+@pytest.mark.slow
+def test_indices_in_worker_processes_equal_those_in_one(shared_data):
+    paths = sorted(p.relative_to(shared_data).as_posix() for p in (shared_data / "maad_jura_diel").glob("*.wav"))[:8]
+    serial = baseline_windows(shared_data, paths, "indices", workers=1)
+    parallel = baseline_windows(shared_data, paths, "indices", workers=2)
+    assert list(parallel["path"]) == paths  # the order of the files is kept
+    pd.testing.assert_frame_equal(serial, parallel)

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +99,31 @@ def recording_windows(rec: Recording, kind: str, spec: SpectrogramConfig = Spect
     raise ValueError(f"unknown baseline {kind!r}; choose from {BASELINES}")
 
 
+def _one(job: tuple) -> tuple[str, tuple | str]:
+    root, rel, kind, spec, indices_seconds = job
+    try:
+        return rel, recording_windows(open_recording(root / rel, root), kind, spec, indices_seconds)
+    except BadAudio as e:
+        return rel, e.reason
+    except Exception as e:  # one odd file must not stop the baseline for the others
+        return rel, f"unexpected error: {type(e).__name__}: {e}"
+
+
+def _compute(root: Path, todo: list[str], kind: str, spec: SpectrogramConfig, indices_seconds: float | None,
+             workers: int | None):  # fmt: skip
+    """(path, windows or the reason it was skipped) for each file, in order."""
+    jobs = [(root, rel, kind, spec, indices_seconds) for rel in todo]
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    if kind != "indices" or workers < 2 or len(jobs) < 8:
+        yield from map(_one, jobs)
+        return
+    import multiprocessing
+
+    # spawn, not fork: the parent holds torch's and BLAS's threads, which a forked child must not inherit
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(_one, jobs, chunksize=4)
+
+
 def _settings(kind: str, spec: SpectrogramConfig, indices_seconds: float | None) -> dict:
     if kind == "indices":
         return {"kind": kind, "window_s": INDICES_FRAMES * spec.frame_seconds, "max_seconds": indices_seconds}
@@ -105,13 +132,14 @@ def _settings(kind: str, spec: SpectrogramConfig, indices_seconds: float | None)
 
 def baseline_windows(root: Path | str, paths: list[str], kind: str, cache: Path | str | None = None,
                      spec: SpectrogramConfig = SpectrogramConfig(), indices_seconds: float | None = None,
-                     progress: bool = False) -> pd.DataFrame:  # fmt: skip
+                     progress: bool = False, workers: int | None = None) -> pd.DataFrame:  # fmt: skip
     """One row per window: path, frame_offset_s and ``{kind}_000...``; windows with non-finite values left out.
 
     With ``cache`` (a folder), windows are read from ``cache/{kind}.parquet`` for files whose
     size and modification time match, computed for the others, and the cache rewritten.
     ``indices_seconds`` limits the indices to each recording's first seconds (scikit-maad
-    costs about 0.1 s per second of audio).
+    costs about 0.1 s per second of audio). The indices run in ``workers`` processes
+    (default: one per core); BirdNET in this one (its interpreter has its own threads).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -138,12 +166,11 @@ def baseline_windows(root: Path | str, paths: list[str], kind: str, cache: Path 
         fresh = set(cached["path"])
     todo = [p for p in paths if p not in fresh]
     frames, names, t0 = [cached], None, time.time()
-    for i, rel in enumerate(todo):
-        try:
-            offsets, values, names_ = recording_windows(open_recording(root / rel, root), kind, spec, indices_seconds)
-        except BadAudio as e:
-            log.warning("baselines: skipped %s", e)
+    for i, (rel, got) in enumerate(_compute(root, todo, kind, spec, indices_seconds, workers)):
+        if isinstance(got, str):
+            log.warning("baselines: skipped %s: %s", root / rel, got)
             continue
+        offsets, values, names_ = got
         names = names or names_
         df = pd.DataFrame(values.astype(np.float32), columns=feature_columns(f"{kind}_", values.shape[1]))
         df.insert(0, "path", rel)
