@@ -74,6 +74,12 @@ def test_frames_without_a_time_are_reported_not_silently_dropped(caplog):
     assert units.unplaced == {"C/undated.wav": 2}
     assert "C" not in set(units.meta["site"]) and "no time" in caplog.text
     assert sum(units.meta["n_frames"]) == len(ROWS)
+    # and the count goes on to the evaluation (evaluation.json, the report)
+    two_days = [(f"{site}/{day}.wav", site, "r", f"2024-05-0{day} 12:00", t) for site in "AB" for day in (1, 2)
+                for t in (0.0, 1.536)] + rows[-2:]  # fmt: skip
+    units = group_units(_frames(two_days), unit="site", window="1D")
+    ev = evaluate_descriptors(units, "site", kinds=("mean",), n_splits=2, classifier_names=["logreg"])
+    assert ev.n_units == 4 and ev.unplaced == {"C/undated.wav": 2}
     with pytest.raises(ValueError, match="window"):
         group_units(_frames(ROWS), window="fortnightly")
     with pytest.raises(ValueError, match="no label column"):

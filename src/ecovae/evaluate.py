@@ -135,6 +135,7 @@ class Evaluation:
     dropped: dict[str, int]
     unit: str = "recording"
     left_out_units: list[str] = field(default_factory=list)  # units some feature set lacks (a baseline failed)
+    unplaced: dict[str, int] = field(default_factory=dict)  # path -> frames without a time, so in no window
 
     @property
     def n_recordings(self) -> int:  # the unit is a recording by default
@@ -153,7 +154,8 @@ def _align(units: Units, others: dict[str, Units]) -> tuple[Units, dict[str, Uni
     def take(u: Units) -> Units:
         pos = {k: i for i, k in enumerate(u.meta["unit"])}
         idx = [pos[k] for k in units.meta["unit"] if k in common]
-        return Units([u.frames[i] for i in idx], u.meta.iloc[idx].reset_index(drop=True), u.latent_dim, u.features)
+        return Units([u.frames[i] for i in idx], u.meta.iloc[idx].reset_index(drop=True), u.latent_dim, u.features,
+                     u.unplaced)
 
     return take(units), {k: take(v) for k, v in others.items()}, left_out
 
@@ -209,7 +211,7 @@ def evaluate_descriptors(
     return Evaluation(
         target, folds.group, classes, pd.DataFrame(rows), pd.DataFrame(fold_rows), pd.DataFrame(class_rows),
         confusion, pd.concat(pred_rows, ignore_index=True), chance, len(keep), len(folds.splits), folds.dropped,
-        unit, left_out,
+        unit, left_out, dict(units.unplaced),
     )  # fmt: skip
 
 
@@ -279,6 +281,7 @@ def write_evaluation(ev: Evaluation, out: Path | str, latents: Path | str | None
         "feature_sets": {k: FEATURE_SETS.get(k, k) + (notes or {}).get(k, "") for k in ev.summary["features"].unique()},
         "descriptors": {k: DESCRIPTOR_TEXT.get(k, k) for k in ev.summary["descriptor"].unique()},
         "dropped_classes": ev.dropped, "left_out_units": ev.left_out_units, "confusion_images": images,
+        "frames_without_time": {"frames": sum(ev.unplaced.values()), "recordings": sorted(ev.unplaced)},
         **verdict(ev.summary),
     }  # fmt: skip
     (out / "evaluation.json").write_text(json.dumps(info, indent=2, default=float) + "\n")
