@@ -87,17 +87,18 @@ def boundary_walk(specs: list[np.ndarray], diffs: list[np.ndarray], probs: list[
     """Decoded spectrograms along the walk (top) and each one's difference from the start (bottom, dB),
     each with the classifier's probability of ``class_b``."""
     n = len(specs)
-    fig, axes = plt.subplots(2, n, figsize=(1.9 * n, 6.2), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(1.9 * n, 6.2), sharey=True, squeeze=False, gridspec_kw={"hspace": 0.35})
     lo, hi = np.percentile(np.concatenate(specs), [1, 99.5])
     db = 20 / np.log(10)
     lim = max(float(np.percentile(np.abs(np.concatenate(diffs)) * db, 99.5)), 1e-3)
     for i in range(n):
         _spec_axes(axes[0, i], specs[i], ("start: " if i == 0 else "") + f"p({class_b})={probs[i]:.2f}", vmin=lo, vmax=hi)
         im = _spec_axes(axes[1, i], diffs[i] * db, "difference from start", cmap="RdBu_r", vmin=-lim, vmax=lim)
-        for ax in axes[:, i]:
-            ax.set_xlabel("s")
-            if i:
-                ax.set_ylabel("")
+        axes[0, i].set_xlabel("")
+        axes[1, i].set_xlabel("s")
+        if i:
+            axes[0, i].set_ylabel("")
+            axes[1, i].set_ylabel("")
     fig.colorbar(im, ax=axes[1, :].tolist(), fraction=0.02, label="dB (red: more energy than at the start)")
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
@@ -127,7 +128,7 @@ def saliency_grid(grid: np.ndarray, bands: list[str], frame_seconds: float, titl
     lim = float(np.abs(grid).max()) or 1.0
     im = ax.imshow(grid.T, origin="lower", aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
     for (t, b), v in np.ndenumerate(grid):
-        ax.text(t, b, f"{v:.2g}", ha="center", va="center", fontsize=7)
+        ax.text(t, b, f"{v:.2g}", ha="center", va="center", fontsize=7, color="white" if abs(v) > 0.6 * lim else "black")
     ax.set_yticks(range(len(bands)), bands)
     ax.set_xticks(range(grid.shape[0]), [f"{t * frame_seconds:.1f}" for t in range(grid.shape[0])])
     ax.set_xlabel("frame start (s)")

@@ -240,7 +240,8 @@ def _lightning_module_class():
             super().__init__()
             self.save_hyperparameters()
             self.tcfg = TrainConfig(**train_config)
-            self.model = SoundscapeVAE(VAEConfig.from_dict(model_config))
+            # channels-last: the convolutions' fast layout on CPUs (and GPUs): a tiny step takes 3/4 of the time
+            self.model = SoundscapeVAE(VAEConfig.from_dict(model_config)).to(memory_format=torch.channels_last)
 
         def beta(self) -> float:
             cfg = self.model.cfg
@@ -249,13 +250,13 @@ def _lightning_module_class():
             return cfg.beta * min(1.0, self.global_step / cfg.kl_warmup_steps)
 
         def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-            out = self.model.loss(batch, beta=self.beta())
+            out = self.model.loss(batch.contiguous(memory_format=torch.channels_last), beta=self.beta())
             self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=False)
             self.log("loss", out["loss"].detach(), prog_bar=True, logger=False)
             return out["loss"]
 
         def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-            out = self.model.loss(batch)
+            out = self.model.loss(batch.contiguous(memory_format=torch.channels_last))
             # sync_dist: with several processes, each validates a share; the logged value is their mean
             self.log_dict({f"val/{k}": v for k, v in out.items()}, batch_size=batch.shape[0], sync_dist=True)
 
