@@ -468,7 +468,7 @@ def quickstart(
     out: Annotated[Path, typer.Option("--out", help="Folder for the survey, the run and the latents.")] = Path(
         "ecovae-quickstart"
     ),
-    steps: Annotated[int, typer.Option(help="Training steps of the tiny model.")] = 600,
+    steps: Annotated[int, typer.Option(help="Training steps of the tiny model.")] = 1000,
     duration: Annotated[float, typer.Option(help="Seconds per simulated recording.")] = 12.0,
     sites: Annotated[int, typer.Option(help="Simulated sites.")] = 4,
     habitats: Annotated[int, typer.Option(help="Habitats the sites share (sites of one habitat differ in their day).")] = 2,
