@@ -260,6 +260,14 @@ def test_evaluate_and_describe_units_from_the_command_line(simulated, tmp_path):
     site1 = frames[frames["site"] == "site1"].filter(like="logmel_").mean().to_numpy()
     np.testing.assert_allclose(table.loc[table["site"] == "site1", [f"mean_{i:03d}" for i in range(64)]].to_numpy()[0],
                                site1, rtol=1e-4, atol=1e-4)  # fmt: skip
+    survey, run, _ = simulated
+    result = runner.invoke(app, ["interpret", str(latents), "--model", str(run), "--target", "site", "--unit",
+                                 "site,recorder", "--window", "1D", "--recordings", str(survey),
+                                 "--out", str(tmp_path / "interp")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    walked = json.loads((tmp_path / "interp" / "interpretation.json").read_text())
+    assert walked["saliency"]["recording"] in set(frames["path"])  # a unit's recording, shown
+    assert walked["boundary_walk"]["probabilities"][-1] == pytest.approx(0.9)
     result = runner.invoke(app, ["evaluate", str(latents), "--target", "site", "--group", "hour", "--unit", "site",
                                  "--baselines", "", "--out", str(tmp_path / "bad")])  # fmt: skip
     assert result.exit_code == 2 and "cannot group units" in result.output

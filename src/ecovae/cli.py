@@ -332,9 +332,11 @@ def interpret(
     recordings: Annotated[Path | None, typer.Option(help="Audio folder (default: the run's).")] = None,
     recording: Annotated[str | None, typer.Option(help="Recording (relative path) for the saliency map.")] = None,
     classes: Annotated[str | None, typer.Option(help="Two classes for the boundary walk, 'A,B' (default: the two commonest).")] = None,
+    unit: Unit = None,
+    window: Window = None,
     seed: int = 0,
 ) -> None:
-    """Reconstructions, saliency maps, a walk across the decision boundary, and latent projections."""
+    """Reconstructions, saliency maps, a walk across the decision boundary (to see and to hear), and latent projections."""
     _setup_logging(False)
     import json
 
@@ -348,7 +350,7 @@ def interpret(
     with _user_errors():
         vae, spec = load_model(model)
         run_info = json.loads((model / "run.json").read_text()) if (model / "run.json").is_file() else {}
-        info = run_interpretation(group_units(read_latents(latents)), vae, spec, _recordings_root(model, recordings),
+        info = run_interpretation(group_units(read_latents(latents), unit, window), vae, spec, _recordings_root(model, recordings),
                                   target, out, run_info, recording, pair, seed)  # fmt: skip
     walk = info["boundary_walk"]
     typer.echo(f"boundary walk {walk['from']} -> {walk['to']}: p = " + " ".join(f"{p:.2f}" for p in walk["probabilities"]))
