@@ -77,7 +77,7 @@ def run(args) -> dict:
     data = {"sim": (sim, sim / "labels.csv"), "real": (SHARED_DATA, SHARED_DATA / "MANIFEST.csv")}
     folder = training_folder(work, sim)
     models, scores = [], []
-    baselines: dict[tuple, dict] = {}
+    baselines: dict[str, dict] = {}
     for train_seed in args.train_seeds:
         run_dir = work / f"run_seed{train_seed}_{args.steps}"
         t0 = time.time()
@@ -94,13 +94,12 @@ def run(args) -> dict:
         for task, name, target, unit, window, prefix in [t for t in TASKS if t[1] in args.data]:
             table = frames[name] if prefix is None else frames[name][frames[name]["path"].str.startswith(prefix)]
             units = group_units(table, unit, window)
-            key = (task,)
-            if key not in baselines:  # the baselines do not depend on the model: once per task
-                baselines[key] = baseline_sets(table, args.baselines, data[name][0], work / f"cache_{name}", unit,
+            if task not in baselines:  # the baselines do not depend on the model: once per task
+                baselines[task] = baseline_sets(table, args.baselines, data[name][0], work / f"cache_{name}", unit,
                                                window)  # fmt: skip
             for cv_seed in range(args.cv_repeats):
                 t1 = time.time()
-                ev = evaluate_descriptors(units, target, None, seed=cv_seed, features=baselines[key],
+                ev = evaluate_descriptors(units, target, None, seed=cv_seed, features=baselines[task],
                                           unit=unit or "recording")  # fmt: skip
                 s = ev.summary[["features", "descriptor", "classifier", "balanced_accuracy"]].copy()
                 s["task"], s["train_seed"], s["cv_seed"], s["n_units"] = task, train_seed, cv_seed, ev.n_units

@@ -33,7 +33,7 @@ import pandas as pd
 from ecovae.audio import BadAudio, Recording, iter_blocks, open_recording
 from ecovae.descriptors import Units, group_units
 from ecovae.files import atomic_file
-from ecovae.latents import feature_columns
+from ecovae.latents import RESERVED, feature_columns, is_feature_column
 from ecovae.spectrogram import SpectrogramConfig
 
 log = logging.getLogger(__name__)
@@ -43,22 +43,22 @@ FROM_AUDIO = ("indices", "birdnet")  # logmel comes with the latents
 INDICES_FRAMES = 10  # 15.36 s: long enough for the indices' own statistics, short enough to see a day change
 
 
-def _windows(rec: Recording, samples: int, min_samples: int, max_seconds: float | None = None):
-    """(offset in seconds, audio) for consecutive windows of 48 kHz audio; the last may be shorter."""
+def _windows(rec: Recording, rate: int, samples: int, min_samples: int, max_seconds: float | None = None):
+    """(offset in seconds, audio) for consecutive windows of the audio at ``rate``; the last may be shorter."""
     buffer, offset = np.zeros(0, np.float32), 0
-    limit = None if max_seconds is None else int(max_seconds * 48_000)
-    for block in iter_blocks(rec, 48_000):
+    limit = None if max_seconds is None else int(max_seconds * rate)
+    for block in iter_blocks(rec, rate):
         buffer = np.concatenate([buffer, block])
         while len(buffer) >= samples:
             if limit is not None and offset + samples > limit:
                 break
-            yield offset / 48_000, buffer[:samples]
+            yield offset / rate, buffer[:samples]
             buffer, offset = buffer[samples:], offset + samples
         if limit is not None and offset + len(buffer) >= limit:
             buffer = buffer[: max(0, limit - offset)]
             break
     if len(buffer) >= min_samples:
-        yield offset / 48_000, buffer
+        yield offset / rate, buffer
 
 
 def acoustic_indices(audio: np.ndarray, sample_rate: int = 48_000) -> pd.Series:
@@ -81,7 +81,8 @@ def recording_windows(rec: Recording, kind: str, spec: SpectrogramConfig = Spect
     """(offsets, (n, k) values, names) of one recording."""
     if kind == "indices":
         rows, offsets = [], []
-        for offset, audio in _windows(rec, INDICES_FRAMES * spec.frame_samples, spec.frame_samples, indices_seconds):
+        windows = _windows(rec, spec.sample_rate, INDICES_FRAMES * spec.frame_samples, spec.frame_samples, indices_seconds)
+        for offset, audio in windows:
             rows.append(acoustic_indices(audio, spec.sample_rate))
             offsets.append(offset)
         names = list(rows[0].index) if rows else []
@@ -90,10 +91,10 @@ def recording_windows(rec: Recording, kind: str, spec: SpectrogramConfig = Spect
         from ecovae import birdnet
 
         offsets, chunks = [], []
-        for offset, audio in _windows(rec, 20 * birdnet.WINDOW, birdnet.WINDOW):
+        for offset, audio in _windows(rec, birdnet.SAMPLE_RATE, 20 * birdnet.WINDOW, birdnet.WINDOW):
             e = birdnet.embed(audio)
             chunks.append(e)
-            offsets += [offset + i * birdnet.WINDOW / 48_000 for i in range(len(e))]
+            offsets += [offset + i * birdnet.WINDOW / birdnet.SAMPLE_RATE for i in range(len(e))]
         values = np.concatenate(chunks) if chunks else np.zeros((0, birdnet.EMBEDDING_DIM))
         return offsets, values, [f"birdnet_{i}" for i in range(values.shape[1])]
     raise ValueError(f"unknown baseline {kind!r}; choose from {BASELINES}")
@@ -200,11 +201,8 @@ def baseline_windows(root: Path | str, paths: list[str], kind: str, cache: Path 
 
 def baseline_units(windows: pd.DataFrame, latents: pd.DataFrame, kind: str, unit=None, window=None) -> Units:
     """A baseline's windows as units of analysis, with the labels and times of the latents' recordings."""
-    fixed = ["path", "start_time"]
-    labels = [c for c in latents.columns if not c.startswith(("mu_", "logvar_", "logmel_"))
-              and c not in ("frame_time", "source_sample_rate", "source_channels", "clip_index", "frame_index",
-                            "frame_in_recording", "frame_offset_s", "silent")]  # fmt: skip
-    per_recording = latents[[*dict.fromkeys(fixed + labels)]].drop_duplicates("path")
+    labels = [c for c in latents.columns if c not in RESERVED and not is_feature_column(c)]
+    per_recording = latents[["path", "start_time", *labels]].drop_duplicates("path")
     table = windows.merge(per_recording, on="path", how="inner")
     if "start_time" in table.columns:
         table["frame_time"] = pd.to_datetime(table["start_time"]) + pd.to_timedelta(table["frame_offset_s"], unit="s")
