@@ -398,7 +398,6 @@ class Analysis:
     window: str | None = None
     group: str | None = None
     indices_seconds: float | None = None
-    train: dict | None = None  # training settings beyond the preset (the quickstart's recipe)
 
 
 def _pipeline(recordings: Path, out: Path, labels: Path | None, target: str, analysis: Analysis,
@@ -419,7 +418,7 @@ def _pipeline(recordings: Path, out: Path, labels: Path | None, target: str, ana
     a = analysis
     try:
         with _user_errors():
-            tcfg = train_preset(preset, max_steps=max_steps, seed=seed, **(a.train or {}))
+            tcfg = train_preset(preset, max_steps=max_steps, seed=seed)
             manifest = run_training(recordings, run_dir, tcfg, labels_csv=labels, resume=resume, progress=not quiet)
             _print_training(run_dir, manifest)
             typer.echo(f"[encode] {latents}")
@@ -465,6 +464,9 @@ def model_summary(
     typer.echo(format_summary(SoundscapeVAE(cfg), frames))
 
 
+QUICKSTART_INDICES_SECONDS = 3.0  # the indices (slow) on each recording's first seconds only: a demo of minutes
+
+
 @app.command()
 def quickstart(
     out: Annotated[Path, typer.Option("--out", help="Folder for the survey, the run and the latents.")] = Path(
@@ -504,9 +506,6 @@ def quickstart(
         f"\ndone in {time.time() - t0:.0f} s. Open {report_path} in a browser; the latents:\n"
         f"  python -c \"import pandas as pd; print(pd.read_parquet('{out / 'latents.parquet'}'))\""
     )
-
-
-QUICKSTART_INDICES_SECONDS = 3.0
 
 
 def main() -> None:  # python -m ecovae
