@@ -79,7 +79,7 @@ def run(args) -> dict:
     models, scores = [], []
     baselines: dict[str, dict] = {}
     for train_seed in args.train_seeds:
-        run_dir = work / f"run_seed{train_seed}_{args.steps}"
+        run_dir = work / f"run_{args.preset}_seed{train_seed}_{args.steps}"
         t0 = time.time()
         manifest = train(folder, run_dir, train_preset(args.preset, max_steps=args.steps, seed=train_seed),
                          resume=(run_dir / "checkpoints").is_dir(), progress=False)  # fmt: skip

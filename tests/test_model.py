@@ -37,6 +37,17 @@ def test_full_model_stages_match_the_table():
     assert [(s.group, s.shape) for s in stages] == TABLE
 
 
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_smaller_presets_keep_the_table_layout(name):
+    """Same stages and time x frequency shapes as the table; only the widths and latent size differ."""
+    stages = model_stages(SoundscapeVAE(preset(name)), n_frames=1)
+    assert [(s.group, s.shape[-2:]) for s in stages] == [(g, shape[-2:]) for g, shape in TABLE]
+    model = SoundscapeVAE(preset(name)).eval()
+    with torch.no_grad():
+        mu, _ = model.encode(torch.randn(1, 1, 2 * 192, 64))
+    assert mu.shape == (1, 2, preset(name).latent_dim)
+
+
 def test_a_clip_is_framed_into_39_frames_and_back():
     stages = model_stages(SoundscapeVAE(preset("full")), n_frames=39)
     shapes = {s.group: s.shape for s in stages}

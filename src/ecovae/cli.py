@@ -21,7 +21,7 @@ app = typer.Typer(
     help="Learned soundscape representations with a convolutional VAE: simulate, train, encode, evaluate, interpret, report.",
 )
 
-Preset = Annotated[str, typer.Option(help="Model size: 'full' (MODEL.md's default) or 'tiny' (tests, CPU demos).")]
+Preset = Annotated[str, typer.Option(help="Model size: 'full' (MODEL.md's default), 'small' (a CPU and an hour) or 'tiny' (tests, CPU demos).")]
 
 
 def _setup_logging(verbose: bool) -> None:

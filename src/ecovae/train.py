@@ -73,6 +73,10 @@ TRAIN_PRESETS = {
         preset="tiny", max_steps=300, batch_size=8, window_frames=2, learning_rate=3e-3,
         checkpoint_every=100, val_every=100,
     ),  # fmt: skip
+    "small": TrainConfig(
+        preset="small", max_steps=8000, batch_size=8, window_frames=2, learning_rate=2e-3,
+        checkpoint_every=1000, val_every=1000,
+    ),  # fmt: skip
 }
 
 
