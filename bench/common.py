@@ -65,8 +65,13 @@ def write_results(name: str, payload: dict, out: Path | None = None) -> Path:
     """Print and save ``bench/results/<name>.json`` with the machine and versions beside the figures."""
     out = out or RESULTS / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "hardware": hardware_info(),
-               "versions": package_versions(), **payload}  # fmt: skip
+    payload = {
+        "benchmark": name,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "hardware": hardware_info(),
+        "versions": package_versions(),
+        **payload,
+    }
     out.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     print(f"\nwritten: {out}")
     return out

@@ -56,16 +56,37 @@ def main() -> None:
     b = pd.read_parquet(work / "ray").sort_values(key).reset_index(drop=True)
     max_diff = float((a.filter(like="mu_") - b.filter(like="mu_")).abs().to_numpy().max())
     rows = [
-        {"engine": "local", "files": local.encoded, "frames": local.frames, "wall_s": local_s, "rtf": audio_s / local_s},
-        {"engine": f"ray ({cpus} tasks x 1 thread)", "files": on_ray.encoded, "frames": on_ray.frames, "wall_s": ray_s,
-         "rtf": audio_s / ray_s},
-    ]  # fmt: skip
+        {
+            "engine": "local",
+            "files": local.encoded,
+            "frames": local.frames,
+            "wall_s": local_s,
+            "rtf": audio_s / local_s,
+        },
+        {
+            "engine": f"ray ({cpus} tasks x 1 thread)",
+            "files": on_ray.encoded,
+            "frames": on_ray.frames,
+            "wall_s": ray_s,
+            "rtf": audio_s / ray_s,
+        },
+    ]
     for r in rows:
         r["vs_local"] = rows[0]["wall_s"] / r["wall_s"]
     table(rows, ["engine", "files", "frames", "wall_s", "rtf", "vs_local"])
-    print(f"rows equal: {len(a) == len(b)}; max |mu difference| {max_diff:.2e}; Ray start-up {startup_s:.1f} s (not timed)")
-    payload = {"preset": args.preset, "cpus": cpus, "audio_s": audio_s, "rows": rows, "max_mu_difference": max_diff,
-               "rows_equal": len(a) == len(b), "ray_startup_s": startup_s, "ray_version": ray.__version__}  # fmt: skip
+    print(
+        f"rows equal: {len(a) == len(b)}; max |mu difference| {max_diff:.2e}; Ray start-up {startup_s:.1f} s (not timed)"
+    )
+    payload = {
+        "preset": args.preset,
+        "cpus": cpus,
+        "audio_s": audio_s,
+        "rows": rows,
+        "max_mu_difference": max_diff,
+        "rows_equal": len(a) == len(b),
+        "ray_startup_s": startup_s,
+        "ray_version": ray.__version__,
+    }
     write_results("encode_engines" + ("_smoke" if args.smoke else ""), payload, args.out)
 
 

@@ -41,15 +41,18 @@ def frontend(path: Path) -> int:
 
 
 @torch.inference_mode()
-def encoder_rate(model, batch: int, frames: int, device: str, repeats: int, variant: str = "fp32") -> tuple[float, torch.Tensor]:
+def encoder_rate(
+    model, batch: int, frames: int, device: str, repeats: int, variant: str = "fp32"
+) -> tuple[float, torch.Tensor]:
     """Clips per second of the encoder alone on random log-mel clips, and the mu it gave."""
     g = torch.Generator().manual_seed(0)  # the same input for every variant, so their mu compare
     x = (torch.randn(batch, 1, frames * SPEC.frame_hops, SPEC.n_mels, generator=g) * 2 - 8).to(device)
     m = model
     if "channels_last" in variant:
         x = x.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
-                              enabled="bf16" in variant)  # fmt: skip
+    autocast = torch.autocast(
+        device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled="bf16" in variant
+    )
     with autocast:
         mu, _ = m.encode(x)  # warm-up (and compilation)
         if device.startswith("cuda"):
@@ -110,9 +113,17 @@ def main() -> None:
         summary, e2e = timed(encode, folder, run, out, batch_size=best["batch"], device=args.device, progress=False)
         frames, fe = timed(frontend, path)
         enc = (frames / clip_frames) / best["clips_per_s"]
-        row = {"audio_s": seconds, "frames": frames, "end_to_end_s": e2e, "end_to_end_rtf": seconds / e2e,
-               "frontend_s": fe, "frontend_rtf": seconds / fe, "encoder_s": enc, "encoder_rtf": seconds / enc,
-               "overhead_ratio": e2e / (fe + enc)}  # fmt: skip
+        row = {
+            "audio_s": seconds,
+            "frames": frames,
+            "end_to_end_s": e2e,
+            "end_to_end_rtf": seconds / e2e,
+            "frontend_s": fe,
+            "frontend_rtf": seconds / fe,
+            "encoder_s": enc,
+            "encoder_rtf": seconds / enc,
+            "overhead_ratio": e2e / (fe + enc),
+        }
         assert summary.frames == frames
         rows.append(row)
     print("\nend to end against its bounds (overhead_ratio = end-to-end / (front-end + encoder)):")
@@ -144,24 +155,52 @@ def main() -> None:
             m = torch.compile(model)
         try:
             rate, mu = encoder_rate(m, best["batch"], clip_frames, args.device, repeats, name)
-            variants.append({"variant": name, "clips_per_s": rate, "speedup": rate / base_rate,
-                             "cosine_mu_vs_fp32": cosine(mu, base_mu)})  # fmt: skip
+            variants.append(
+                {
+                    "variant": name,
+                    "clips_per_s": rate,
+                    "speedup": rate / base_rate,
+                    "cosine_mu_vs_fp32": cosine(mu, base_mu),
+                }
+            )
         except Exception as e:  # a variant that does not run here is reported, not fatal
             variants.append({"variant": name, "error": str(e)[:200]})
         model = model.to(memory_format=torch.contiguous_format)
     if args.device == "cpu" and threads > 1:
         torch.set_num_threads(1)
         rate, mu = encoder_rate(model, best["batch"], clip_frames, args.device, repeats)
-        variants.append({"variant": "1 thread", "clips_per_s": rate, "speedup": rate / base_rate,
-                         "cosine_mu_vs_fp32": cosine(mu, base_mu)})  # fmt: skip
+        variants.append(
+            {
+                "variant": "1 thread",
+                "clips_per_s": rate,
+                "speedup": rate / base_rate,
+                "cosine_mu_vs_fp32": cosine(mu, base_mu),
+            }
+        )
         torch.set_num_threads(threads)
     print("\nencoder variants (kept only where cosine >= 0.999):")
     table(variants, ["variant", "clips_per_s", "speedup", "cosine_mu_vs_fp32", "error"])
 
-    name = "encode_throughput" + ("_smoke" if args.smoke else "") + ("" if args.device == "cpu" else "_" + args.device.replace(":", ""))
-    write_results(name, {"device": args.device, "device_name": device_name(args.device), "preset": args.preset,
-                         "threads": threads, "best_batch": best["batch"], "encoder_batches": batch_rows,
-                         "end_to_end": rows, "other_tools": others, "variants": variants}, args.out)  # fmt: skip
+    name = (
+        "encode_throughput"
+        + ("_smoke" if args.smoke else "")
+        + ("" if args.device == "cpu" else "_" + args.device.replace(":", ""))
+    )
+    write_results(
+        name,
+        {
+            "device": args.device,
+            "device_name": device_name(args.device),
+            "preset": args.preset,
+            "threads": threads,
+            "best_batch": best["batch"],
+            "encoder_batches": batch_rows,
+            "end_to_end": rows,
+            "other_tools": others,
+            "variants": variants,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,12 @@ def main() -> None:
         folder = work / f"only_{int(minutes * 60)}"
         folder.mkdir()
         (folder / path.name).symlink_to(path)
-        out = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(run), str(work / f"{folder.name}.parquet")],
-                             capture_output=True, text=True, check=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(folder), str(run), str(work / f"{folder.name}.parquet")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append({"minutes": minutes, **json.loads(out.stdout.strip().splitlines()[-1])})
     for r in rows:
         r["vs_first"] = r["max_rss_mb"] / rows[0]["max_rss_mb"]

@@ -55,8 +55,9 @@ TEMPORAL = ("moments", "mixture")
 def survey(work: Path, duration: float, days: int, hours: tuple[float, ...]) -> Path:
     out = work / "survey"
     if not (out / "labels.csv").is_file():
-        simulate_survey(out, n_sites=4, recorders_per_site=2, hours=hours, days=days, duration_s=duration, seed=0,
-                        habitats=2)  # fmt: skip
+        simulate_survey(
+            out, n_sites=4, recorders_per_site=2, hours=hours, days=days, duration_s=duration, seed=0, habitats=2
+        )
     return out
 
 
@@ -81,11 +82,23 @@ def run(args) -> dict:
     for train_seed in args.train_seeds:
         run_dir = work / f"run_{args.preset}_seed{train_seed}_{args.steps}"
         t0 = time.time()
-        manifest = train(folder, run_dir, train_preset(args.preset, max_steps=args.steps, seed=train_seed),
-                         resume=(run_dir / "checkpoints").is_dir(), progress=False)  # fmt: skip
-        models.append({"seed": train_seed, "steps": manifest["global_step"], "wall_time_s": manifest["wall_time_s"],
-                       "heldout_neg_elbo": manifest["heldout"].get("final", {}).get("neg_elbo"),
-                       "hours": manifest["data"]["hours"], "this_call_s": round(time.time() - t0, 1)})  # fmt: skip
+        manifest = train(
+            folder,
+            run_dir,
+            train_preset(args.preset, max_steps=args.steps, seed=train_seed),
+            resume=(run_dir / "checkpoints").is_dir(),
+            progress=False,
+        )
+        models.append(
+            {
+                "seed": train_seed,
+                "steps": manifest["global_step"],
+                "wall_time_s": manifest["wall_time_s"],
+                "heldout_neg_elbo": manifest["heldout"].get("final", {}).get("neg_elbo"),
+                "hours": manifest["data"]["hours"],
+                "this_call_s": round(time.time() - t0, 1),
+            }
+        )
         frames = {}
         for name, (root, labels) in [(k, v) for k, v in data.items() if k in args.data]:
             latents = run_dir / f"latents_{name}.parquet"
@@ -95,12 +108,14 @@ def run(args) -> dict:
             table = frames[name] if prefix is None else frames[name][frames[name]["path"].str.startswith(prefix)]
             units = group_units(table, unit, window)
             if task not in baselines:  # the baselines do not depend on the model: once per task
-                baselines[task] = baseline_sets(table, args.baselines, data[name][0], work / f"cache_{name}", unit,
-                                               window)  # fmt: skip
+                baselines[task] = baseline_sets(
+                    table, args.baselines, data[name][0], work / f"cache_{name}", unit, window
+                )
             for cv_seed in range(args.cv_repeats):
                 t1 = time.time()
-                ev = evaluate_descriptors(units, target, None, seed=cv_seed, features=baselines[task],
-                                          unit=unit or "recording")  # fmt: skip
+                ev = evaluate_descriptors(
+                    units, target, None, seed=cv_seed, features=baselines[task], unit=unit or "recording"
+                )
                 s = ev.summary[["features", "descriptor", "classifier", "balanced_accuracy"]].copy()
                 s["task"], s["train_seed"], s["cv_seed"], s["n_units"] = task, train_seed, cv_seed, ev.n_units
                 s["chance"] = ev.chance["balanced_accuracy"]
@@ -120,9 +135,13 @@ def summarise(scores: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     for task, t in table.groupby("task", sort=False):
         best = t.sort_values("mean", ascending=False).iloc[0]
         vae, logmel = t[t.features == "vae"], t[t.features == "logmel"]
-        v = {"task": task, "winner": f"{best.features} {best.descriptor} / {best.classifier}",
-             "winner_mean": best["mean"], "winner_sd": best["std"],
-             "saturated": bool((t["mean"] >= 0.99).sum() >= 0.5 * len(t))}  # fmt: skip
+        v = {
+            "task": task,
+            "winner": f"{best.features} {best.descriptor} / {best.classifier}",
+            "winner_mean": best["mean"],
+            "winner_sd": best["std"],
+            "saturated": bool((t["mean"] >= 0.99).sum() >= 0.5 * len(t)),
+        }
         if len(vae):
             temporal = vae[vae.descriptor.isin(TEMPORAL)]["mean"].max()
             v["vae_temporal_minus_vae_mean"] = temporal - vae[vae.descriptor == "mean"]["mean"].max()
@@ -137,22 +156,32 @@ def summarise(scores: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
 
 
 def markdown(table: pd.DataFrame, verdicts: list[dict], models: list[dict], args) -> str:
-    lines = [f"Training: preset {args.preset}, {args.steps} steps, seeds {args.train_seeds}; "
-             + "; ".join(f"seed {m['seed']}: {m['wall_time_s']:.0f} s, held-out -ELBO {m['heldout_neg_elbo']:.1f}"
-                         for m in models)
-             + f". Balanced accuracy, mean ± sd over {args.cv_repeats} CV seeds × {len(args.train_seeds)} training seeds "
-             "(baselines: CV seeds only).", ""]  # fmt: skip
+    lines = [
+        f"Training: preset {args.preset}, {args.steps} steps, seeds {args.train_seeds}; "
+        + "; ".join(
+            f"seed {m['seed']}: {m['wall_time_s']:.0f} s, held-out -ELBO {m['heldout_neg_elbo']:.1f}" for m in models
+        )
+        + f". Balanced accuracy, mean ± sd over {args.cv_repeats} CV seeds × {len(args.train_seeds)} training seeds "
+        "(baselines: CV seeds only).",
+        "",
+    ]
     for v in verdicts:
         t = table[table.task == v["task"]]
-        lines += [f"**{v['task']}** ({int(t['n_units'].iloc[0])} units, chance {t['chance'].iloc[0]:.3f})"
-                  + (" (saturated)" if v["saturated"] else ""), "",
-                  "| features | descriptor | logreg | rf |", "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"**{v['task']}** ({int(t['n_units'].iloc[0])} units, chance {t['chance'].iloc[0]:.3f})"
+            + (" (saturated)" if v["saturated"] else ""),
+            "",
+            "| features | descriptor | logreg | rf |",
+            "|---|---|---|---|",
+        ]
         for (feats, desc), g in t.groupby(["features", "descriptor"], sort=False):
             cells = {r.classifier: f"{r['mean']:.3f} ± {r['std']:.3f}" for _, r in g.iterrows()}
             lines.append(f"| {feats} | {desc} | {cells.get('logreg', '')} | {cells.get('rf', '')} |")
         lines += ["", f"Winner: {v['winner']} ({v['winner_mean']:.3f} ± {v['winner_sd']:.3f})."]
         if "vae_temporal_minus_vae_mean" in v:
-            lines[-1] += f" VAE best temporal (moments/mixture) minus VAE mean: {v['vae_temporal_minus_vae_mean']:+.3f}."
+            lines[-1] += (
+                f" VAE best temporal (moments/mixture) minus VAE mean: {v['vae_temporal_minus_vae_mean']:+.3f}."
+            )
         if "vae_minus_logmel_same_descriptor" in v:
             diffs = ", ".join(f"{d} {x:+.3f}" for d, x in v["vae_minus_logmel_same_descriptor"].items())
             lines[-1] += f" VAE minus log-mel, same descriptor: {diffs}."
@@ -188,12 +217,18 @@ def main() -> None:
     md = markdown(table, verdicts, result["models"], args)
     print(md)
     args.out.with_suffix(".md").write_text(md + "\n")
-    write_results("representation", {
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "work"},
-        "models": result["models"],
-        "table": table.to_dict("records"), "verdicts": verdicts, "wall_time_s": round(time.time() - t0, 1),
-        "seconds_per_simulated_recording": args.duration,
-    }, args.out)  # fmt: skip
+    write_results(
+        "representation",
+        {
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "work"},
+            "models": result["models"],
+            "table": table.to_dict("records"),
+            "verdicts": verdicts,
+            "wall_time_s": round(time.time() - t0, 1),
+            "seconds_per_simulated_recording": args.duration,
+        },
+        args.out,
+    )
     print(np.round(time.time() - t0), "s in all")
 
 

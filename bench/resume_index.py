@@ -39,8 +39,14 @@ def make_archive(root: Path, out: Path, run: Path, n: int) -> None:
     done = {}
     for rel in names[:-1]:
         st = (root / rel).stat()
-        done[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "frames": 0, "silent": False,
-                     "truncated": None, "tail_s": 0.0}  # fmt: skip
+        done[rel] = {
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "frames": 0,
+            "silent": False,
+            "truncated": None,
+            "tail_s": 0.0,
+        }
     rels = list(done)
     for i in range(0, len(rels), FILES_PER_PART):
         write_part(out, out / "_tmp", [], {r: done[r] for r in rels[i : i + FILES_PER_PART]}, schema, identity)
@@ -60,8 +66,15 @@ def main() -> None:
         root, out = work / f"survey_{n}", work / f"latents_{n}"
         make_archive(root, out, run, n)
         summary, seconds = timed(encode, root, run, out, progress=False)
-        rows.append({"files": n, "already_done": summary.already_done, "skipped_now": len(summary.skipped),
-                     "resume_s": seconds, "us_per_file": 1e6 * seconds / n})  # fmt: skip
+        rows.append(
+            {
+                "files": n,
+                "already_done": summary.already_done,
+                "skipped_now": len(summary.skipped),
+                "resume_s": seconds,
+                "us_per_file": 1e6 * seconds / n,
+            }
+        )
         shutil.rmtree(root)
     for r in rows:
         r["vs_first"] = r["resume_s"] / rows[0]["resume_s"]

@@ -48,7 +48,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     ap.add_argument("--presets", nargs="+", default=["tiny", "full"])
-    ap.add_argument("--full-batch", type=int, default=2, help="windows per step for the full preset (its default 8 needs ~10 GB and minutes per step on a CPU)")
+    ap.add_argument(
+        "--full-batch",
+        type=int,
+        default=2,
+        help="windows per step for the full preset (its default 8 needs ~10 GB and minutes per step on a CPU)",
+    )
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -66,13 +71,35 @@ def main() -> None:
         steps = 2 if args.smoke else (20 if name == "tiny" else 2)
         sps = steps_per_second(model, batch, frames, args.device, steps, args.precision == "bf16-mixed")
         fps = sps * batch * frames
-        rows.append({"preset": name, "batch": batch, "window_frames": frames, "steps_per_s": sps, "frames_per_s": fps,
-                     "forward_gflop_per_frame": flops_frame / 1e9, "encoder_gflop_per_frame": encoder_flops / 1e9,
-                     "achieved_gflop_per_s": 3 * flops_frame * fps / 1e9})  # fmt: skip
+        rows.append(
+            {
+                "preset": name,
+                "batch": batch,
+                "window_frames": frames,
+                "steps_per_s": sps,
+                "frames_per_s": fps,
+                "forward_gflop_per_frame": flops_frame / 1e9,
+                "encoder_gflop_per_frame": encoder_flops / 1e9,
+                "achieved_gflop_per_s": 3 * flops_frame * fps / 1e9,
+            }
+        )
     table(rows, ["preset", "batch", "window_frames", "frames_per_s", "forward_gflop_per_frame", "achieved_gflop_per_s"])
-    name = "train_throughput" + ("_smoke" if args.smoke else "") + ("" if args.device == "cpu" else "_" + args.device.replace(":", ""))
-    write_results(name, {"device": args.device, "device_name": device_name(args.device), "precision": args.precision,
-                         "threads": torch.get_num_threads(), "rows": rows}, args.out)  # fmt: skip
+    name = (
+        "train_throughput"
+        + ("_smoke" if args.smoke else "")
+        + ("" if args.device == "cpu" else "_" + args.device.replace(":", ""))
+    )
+    write_results(
+        name,
+        {
+            "device": args.device,
+            "device_name": device_name(args.device),
+            "precision": args.precision,
+            "threads": torch.get_num_threads(),
+            "rows": rows,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

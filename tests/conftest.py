@@ -36,8 +36,15 @@ def manifest(shared_data):
     return pd.read_csv(shared_data / "MANIFEST.csv")
 
 
-def write_tone(path: Path, seconds: float, sr: int = 48_000, channels: int = 1, subtype: str = "PCM_16",
-               freq: float = 3000.0, seed: int = 0) -> Path:
+def write_tone(
+    path: Path,
+    seconds: float,
+    sr: int = 48_000,
+    channels: int = 1,
+    subtype: str = "PCM_16",
+    freq: float = 3000.0,
+    seed: int = 0,
+) -> Path:
     """A real WAV file: a tone plus noise (something a recorder could have captured)."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sr)) / sr
@@ -64,8 +71,9 @@ def shared_run(shared_data, tmp_path_factory):
     from ecovae.train import train, train_preset
 
     run = tmp_path_factory.mktemp("shared_run")
-    manifest = train(shared_data, run, train_preset("tiny", max_steps=300), labels_csv=shared_data / "MANIFEST.csv",
-                     progress=False)  # fmt: skip
+    manifest = train(
+        shared_data, run, train_preset("tiny", max_steps=300), labels_csv=shared_data / "MANIFEST.csv", progress=False
+    )
     return run, manifest
 
 
@@ -81,7 +89,9 @@ def simulated(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("simulated")
     survey = base / "survey"
-    simulate_survey(survey, n_sites=4, recorders_per_site=2, hours=(0.0, 5.5, 7.0, 12.0, 18.0, 21.5), duration_s=30.0, seed=0)
+    simulate_survey(
+        survey, n_sites=4, recorders_per_site=2, hours=(0.0, 5.5, 7.0, 12.0, 18.0, 21.5), duration_s=30.0, seed=0
+    )
     run = base / "run"
     train(survey, run, train_preset("tiny", max_steps=40, checkpoint_every=20, val_every=20), progress=False)
     latents = base / "latents.parquet"
@@ -102,8 +112,9 @@ def small_disk(tmp_path):
     def mount(kb: int) -> Path:
         where = tmp_path / f"disk{len(mounted)}"
         where.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kb}k", "tmpfs", str(where)],
-                              capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={kb}k", "tmpfs", str(where)], capture_output=True, text=True
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or 'mount failed'})")
         mounted.append(where)

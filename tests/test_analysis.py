@@ -82,8 +82,13 @@ def test_descriptors_compose_with_sklearn():
 
 
 def test_folds_never_split_a_group():
-    meta = pd.DataFrame({"path": [f"{i}.wav" for i in range(40)], "site": ["a", "b"] * 20,
-                         "recorder": [f"r{i // 4}" for i in range(40)]})  # fmt: skip
+    meta = pd.DataFrame(
+        {
+            "path": [f"{i}.wav" for i in range(40)],
+            "site": ["a", "b"] * 20,
+            "recorder": [f"r{i // 4}" for i in range(40)],
+        }
+    )
     folds, keep = make_folds(meta, "site", "recorder", n_splits=5)
     for tr, te in folds.splits:
         assert set(folds.groups[tr]).isdisjoint(folds.groups[te])
@@ -118,8 +123,9 @@ def test_site_classification_on_a_simulated_survey(simulated, tmp_path):
         assert rows["recall"].mean() == pytest.approx(score)
         counts = pd.read_csv(tmp_path / f"confusion_{feats}_{kind}_{clf}.csv", index_col=0)
         assert list(counts.index) == ev.classes and counts.to_numpy().sum() == 48
-        expected = pd.crosstab(group["true"], group["predicted"]).reindex(index=ev.classes, columns=ev.classes,
-                                                                          fill_value=0)  # fmt: skip
+        expected = pd.crosstab(group["true"], group["predicted"]).reindex(
+            index=ev.classes, columns=ev.classes, fill_value=0
+        )
         np.testing.assert_array_equal(counts.to_numpy(), expected.to_numpy())
     info = json.loads((tmp_path / "evaluation.json").read_text())
     best = metrics["balanced_accuracy"].idxmax()
@@ -146,8 +152,15 @@ def hardware_survey(tmp_path_factory):
     (so that the soundscape varies less than the hardware does)."""
     out = tmp_path_factory.mktemp("hardware_survey")
     models = (RecorderModel("bright", 100, 3000, 10.0, 20000, -90), RecorderModel("dull", 400, 3000, -10.0, 4000, -90))
-    simulate_survey(out, n_sites=4, recorders_per_site=2, hours=(10.0, 11.0, 12.0, 13.0), duration_s=8.0,
-                    seed=1, recorder_models=models)  # fmt: skip
+    simulate_survey(
+        out,
+        n_sites=4,
+        recorders_per_site=2,
+        hours=(10.0, 11.0, 12.0, 13.0),
+        duration_s=8.0,
+        seed=1,
+        recorder_models=models,
+    )
     return out
 
 
@@ -203,15 +216,32 @@ def test_report_escapes_names_and_has_every_section(simulated, tmp_path):
     html = write_report(run, eval_dir, tmp_path / "report.html").read_text()
     assert "<script>alert(1)" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;.wav" in html
-    for section in ("Data", "Training", "Reconstruction", "Classification", "Saliency", "Boundary walk",
-                    "Projections", "Hardware", "Methods card"):  # fmt: skip
+    for section in (
+        "Data",
+        "Training",
+        "Reconstruction",
+        "Classification",
+        "Saliency",
+        "Boundary walk",
+        "Projections",
+        "Hardware",
+        "Methods card",
+    ):
         assert f">{section}" in html
     methods = json.loads((tmp_path / "methods.json").read_text())
-    assert {"Data", "Preprocessing", "Architecture", "Training", "Randomness", "Splits", "Evaluation",
-            "Post-processing", "Code and outputs", "Software and hardware"} <= set(methods)  # fmt: skip
+    assert {
+        "Data",
+        "Preprocessing",
+        "Architecture",
+        "Training",
+        "Randomness",
+        "Splits",
+        "Evaluation",
+        "Post-processing",
+        "Code and outputs",
+        "Software and hardware",
+    } <= set(methods)
     assert "AdamW" in methods["Training"]["optimiser"]
-
-
 
 
 def test_encoding_with_hardware_correction_brings_recorders_together(untrained_run, hardware_survey, tmp_path):
@@ -222,8 +252,9 @@ def test_encoding_with_hardware_correction_brings_recorders_together(untrained_r
     gaps = {}
     for name, extra in (("plain", []), ("corrected", ["--correct-hardware", "recorder_model"])):
         out = tmp_path / f"{name}.parquet"
-        result = CliRunner().invoke(app, ["encode", str(hardware_survey), "--model", str(untrained_run), "--out",
-                                          str(out), "--quiet", *extra])  # fmt: skip
+        result = CliRunner().invoke(
+            app, ["encode", str(hardware_survey), "--model", str(untrained_run), "--out", str(out), "--quiet", *extra]
+        )
         assert result.exit_code == 0, result.output
         recs = group_units(read_latents(out))
         z = TimeAveraged().fit_transform(recs.frames)
@@ -241,8 +272,23 @@ def test_evaluate_and_describe_units_from_the_command_line(simulated, tmp_path):
     _, _, latents = simulated
     runner = CliRunner()
     out = tmp_path / "eval"
-    result = runner.invoke(app, ["evaluate", str(latents), "--target", "site", "--unit", "site,recorder",
-                                 "--window", "1D", "--baselines", "logmel", "--out", str(out)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(latents),
+            "--target",
+            "site",
+            "--unit",
+            "site,recorder",
+            "--window",
+            "1D",
+            "--baselines",
+            "logmel",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     info = json.loads((out / "evaluation.json").read_text())
     frames = read_latents(latents)
@@ -251,23 +297,71 @@ def test_evaluate_and_describe_units_from_the_command_line(simulated, tmp_path):
     predictions = pd.read_parquet(out / "predictions.parquet")
     assert predictions["unit"].str.endswith("|2024-05-01T00:00").all()
     described = tmp_path / "d.parquet"
-    result = runner.invoke(app, ["describe", str(latents), "--out", str(described), "--unit", "site", "--features",
-                                 "logmel", "--kind", "moments"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "describe",
+            str(latents),
+            "--out",
+            str(described),
+            "--unit",
+            "site",
+            "--features",
+            "logmel",
+            "--kind",
+            "moments",
+        ],
+    )
     assert result.exit_code == 0, result.output
     table = pd.read_parquet(described)
     assert len(table) == 4 and table["n_frames"].sum() == len(frames)
     # the log-mel mean per band of a site is the mean of its frames' band means
     site1 = frames[frames["site"] == "site1"].filter(like="logmel_").mean().to_numpy()
-    np.testing.assert_allclose(table.loc[table["site"] == "site1", [f"mean_{i:03d}" for i in range(64)]].to_numpy()[0],
-                               site1, rtol=1e-4, atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        table.loc[table["site"] == "site1", [f"mean_{i:03d}" for i in range(64)]].to_numpy()[0],
+        site1,
+        rtol=1e-4,
+        atol=1e-4,
+    )
     survey, run, _ = simulated
-    result = runner.invoke(app, ["interpret", str(latents), "--model", str(run), "--target", "site", "--unit",
-                                 "site,recorder", "--window", "1D", "--recordings", str(survey),
-                                 "--out", str(tmp_path / "interp")])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "interpret",
+            str(latents),
+            "--model",
+            str(run),
+            "--target",
+            "site",
+            "--unit",
+            "site,recorder",
+            "--window",
+            "1D",
+            "--recordings",
+            str(survey),
+            "--out",
+            str(tmp_path / "interp"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     walked = json.loads((tmp_path / "interp" / "interpretation.json").read_text())
     assert walked["saliency"]["recording"] in set(frames["path"])  # a unit's recording, shown
     assert walked["boundary_walk"]["probabilities"][-1] == pytest.approx(0.9)
-    result = runner.invoke(app, ["evaluate", str(latents), "--target", "site", "--group", "hour", "--unit", "site",
-                                 "--baselines", "", "--out", str(tmp_path / "bad")])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(latents),
+            "--target",
+            "site",
+            "--group",
+            "hour",
+            "--unit",
+            "site",
+            "--baselines",
+            "",
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+    )
     assert result.exit_code == 2 and "cannot group units" in result.output

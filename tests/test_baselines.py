@@ -50,8 +50,10 @@ def test_indices_per_window_are_cached_and_recomputed_when_a_file_changes(shared
     again = baseline_windows(root, PATHS, "indices", cache)
     assert set(again["path"]) == {PATHS[0], PATHS[2]}  # the changed file was redone, and failed
     assert "skipped" in caplog.text and PATHS[1] in caplog.text
-    np.testing.assert_array_equal(again.set_index(["path", "frame_offset_s"]).sort_index().to_numpy(),
-                                  first[first.path != PATHS[1]].set_index(["path", "frame_offset_s"]).sort_index().to_numpy())  # fmt: skip
+    np.testing.assert_array_equal(
+        again.set_index(["path", "frame_offset_s"]).sort_index().to_numpy(),
+        first[first.path != PATHS[1]].set_index(["path", "frame_offset_s"]).sort_index().to_numpy(),
+    )
 
 
 @pytest.mark.skipif(not birdnet.available(), reason="the birdnet extra is not installed")

@@ -14,12 +14,26 @@ pytestmark = pytest.mark.slow  # seconds to a minute each: CI runs them; `-m 'no
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-@pytest.mark.parametrize("script", ["encode_throughput.py", "train_throughput.py", "peak_memory.py", "encode_engines.py", "resume_index.py",
-                                    "representation.py"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "encode_throughput.py",
+        "train_throughput.py",
+        "peak_memory.py",
+        "encode_engines.py",
+        "resume_index.py",
+        "representation.py",
+    ],
+)
 def test_benchmark_smoke(script, shared_data, tmp_path):
     out = tmp_path / "result.json"
-    done = subprocess.run([sys.executable, str(BENCH / script), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=BENCH)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=BENCH,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["benchmark"] and result["hardware"]["cpu_count"] >= 1

@@ -34,7 +34,9 @@ def test_model_summary_prints_the_table():
 
 
 def test_errors_name_the_problem(tmp_path):
-    result = runner.invoke(app, ["encode", str(tmp_path), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "x.parquet")])
+    result = runner.invoke(
+        app, ["encode", str(tmp_path), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "x.parquet")]
+    )
     assert result.exit_code == 2 and "config.json" in result.output
     result = runner.invoke(app, ["model-summary", "--preset", "huge"])
     assert result.exit_code == 2 and "unknown preset" in result.output
@@ -43,8 +45,25 @@ def test_errors_name_the_problem(tmp_path):
 @pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path):
     out = tmp_path / "qs"
-    result = runner.invoke(app, ["quickstart", "--out", str(out), "--steps", "20", "--duration", "6", "--sites", "3",
-                                 "--days", "2", "--hours", "0,8,16", "--quiet"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "quickstart",
+            "--out",
+            str(out),
+            "--steps",
+            "20",
+            "--duration",
+            "6",
+            "--sites",
+            "3",
+            "--days",
+            "2",
+            "--hours",
+            "0,8,16",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     labels = pd.read_csv(out / "survey" / "labels.csv")
     df = pd.read_parquet(out / "latents.parquet")

@@ -34,9 +34,7 @@ def frames_for(duration_s: float) -> int:
 @pytest.mark.slow
 def test_one_row_per_frame_of_every_real_file(shared_data, manifest, untrained_run, tmp_path):
     out = tmp_path / "latents.parquet"
-    summary = encode(
-        shared_data, untrained_run, out, labels_csv=shared_data / "MANIFEST.csv", progress=False
-    )
+    summary = encode(shared_data, untrained_run, out, labels_csv=shared_data / "MANIFEST.csv", progress=False)
     assert summary.skipped == {} and summary.encoded == len(manifest)
 
     table = pq.read_table(out)
@@ -53,9 +51,7 @@ def test_one_row_per_frame_of_every_real_file(shared_data, manifest, untrained_r
     jura = df[df.path == "maad_jura_diel/S4A03895_20190522_061500.wav"]
     assert (jura["start_time"] == pd.Timestamp("2019-05-22 06:15:00")).all()
     assert jura["frame_time"].iloc[1] == pd.Timestamp("2019-05-22 06:15:01.536")
-    assert (jura["site_or_habitat"] == "FR-Jura").all() and (
-        jura["source_sample_rate"] == 22_000
-    ).all()
+    assert (jura["site_or_habitat"] == "FR-Jura").all() and (jura["source_sample_rate"] == 22_000).all()
     mu = df.filter(like="mu_").to_numpy()
     assert mu.shape[1] == 16 and np.isfinite(mu).all() and mu.std(0).min() > 0
 
@@ -108,10 +104,7 @@ def test_bad_inputs_beside_good_ones(shared_data, untrained_run, tmp_path):
     }
     assert "empty" in summary.skipped["bad/zero.wav"]
     assert "not readable" in summary.skipped["bad/text.wav"]
-    assert (
-        "non-finite" in summary.skipped["bad/nan.wav"]
-        and "non-finite" in summary.skipped["bad/inf.wav"]
-    )
+    assert "non-finite" in summary.skipped["bad/nan.wav"] and "non-finite" in summary.skipped["bad/inf.wav"]
     assert "shorter than one frame" in summary.skipped["bad/one_second.wav"]
     # the file cut in its data is encoded as far as it goes, and flagged
     assert 0 < counts.get("bad/data_cut.wav", 0) < frames_for(20.0)
@@ -157,11 +150,7 @@ def test_killed_encoding_resumes_to_the_same_rows(untrained_run, tmp_path):
     summary = encode(root, untrained_run, out, rows_per_part=4, progress=False)
     assert summary.already_done > 0 and summary.already_done + summary.encoded == 24
     assert not partial.exists()
-    a = (
-        pd.read_parquet(reference)
-        .sort_values(["path", "frame_in_recording"])
-        .reset_index(drop=True)
-    )
+    a = pd.read_parquet(reference).sort_values(["path", "frame_in_recording"]).reset_index(drop=True)
     b = pd.read_parquet(out).sort_values(["path", "frame_in_recording"]).reset_index(drop=True)
     assert len(b) == len(a) and not b.duplicated(["path", "frame_in_recording"]).any()
     pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-5, rtol=1e-4)
@@ -179,9 +168,7 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["path", "frame_in_recording"]).reset_index(drop=True)
 
 
-def test_dataset_output_with_workers_equals_single_file_and_resumes_from_its_index(
-    untrained_run, tmp_path
-):
+def test_dataset_output_with_workers_equals_single_file_and_resumes_from_its_index(untrained_run, tmp_path):
     from ecovae.descriptors import read_latents
     from ecovae.model import preset
     from ecovae.train import init_run, train_preset
@@ -200,9 +187,7 @@ def test_dataset_output_with_workers_equals_single_file_and_resumes_from_its_ind
     a, b = _sorted(pd.read_parquet(single)), _sorted(pd.read_parquet(folder))
     assert not b.duplicated(["path", "frame_in_recording"]).any()
     pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-5, rtol=1e-4)
-    pd.testing.assert_frame_equal(
-        a, _sorted(read_latents(folder)), check_exact=False, atol=1e-5, rtol=1e-4
-    )
+    pd.testing.assert_frame_equal(a, _sorted(read_latents(folder)), check_exact=False, atol=1e-5, rtol=1e-4)
     assert pq.read_table(folder).schema.equals(pq.read_schema(single))
 
     # Resuming reads the parts' index, not the audio: files already done are never opened

@@ -28,13 +28,10 @@ def test_ray_encoding_equals_local_row_for_row(shared_data, untrained_run, tmp_p
     import ray
 
     manifest = shared_data / "MANIFEST.csv"
-    local = encode(
-        shared_data, untrained_run, tmp_path / "local.parquet", labels_csv=manifest, progress=False
-    )
+    local = encode(shared_data, untrained_run, tmp_path / "local.parquet", labels_csv=manifest, progress=False)
     ray.init(num_cpus=2, include_dashboard=False)  # a local cluster of 2 CPU workers
     try:
-        on_ray = encode(shared_data, untrained_run, tmp_path / "ray", labels_csv=manifest, engine="ray",
-                        progress=False)  # fmt: skip
+        on_ray = encode(shared_data, untrained_run, tmp_path / "ray", labels_csv=manifest, engine="ray", progress=False)
     finally:
         ray.shutdown()
     assert (on_ray.encoded, on_ray.frames, on_ray.skipped) == (
@@ -43,9 +40,7 @@ def test_ray_encoding_equals_local_row_for_row(shared_data, untrained_run, tmp_p
         local.skipped,
     )
     assert on_ray.encoded > 100
-    assert (
-        len(list((tmp_path / "ray").glob("part-*.parquet"))) > 2
-    )  # several tasks, each its own part
+    assert len(list((tmp_path / "ray").glob("part-*.parquet"))) > 2  # several tasks, each its own part
     a = _sorted(pd.read_parquet(tmp_path / "local.parquet"))
     b = _sorted(pd.read_parquet(tmp_path / "ray"))
     assert not b.duplicated(["path", "frame_in_recording"]).any()
@@ -68,18 +63,26 @@ def _encoding_workers() -> list[int]:
 def test_killed_ray_worker_is_redone_once_and_nothing_is_duplicated(untrained_run, tmp_path):
     root = tmp_path / "survey"
     for i in range(16):
-        write_tone(
-            root / f"site{i % 2}" / f"20240501_{i:02d}0000.WAV", 70.0, freq=400 + 150 * i, seed=i
-        )
-    (root / "site0" / "20240502_000000.WAV").write_bytes(
-        b"RIFF" + os.urandom(2000)
-    )  # one corrupt file
+        write_tone(root / f"site{i % 2}" / f"20240501_{i:02d}0000.WAV", 70.0, freq=400 + 150 * i, seed=i)
+    (root / "site0" / "20240502_000000.WAV").write_bytes(b"RIFF" + os.urandom(2000))  # one corrupt file
     reference = tmp_path / "local.parquet"
     encode(root, untrained_run, reference, progress=False)
 
     out = tmp_path / "ray"
-    cmd = [sys.executable, "-m", "ecovae", "encode", str(root), "--model", str(untrained_run), "--out", str(out),
-           "--engine", "ray", "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "ecovae",
+        "encode",
+        str(root),
+        "--model",
+        str(untrained_run),
+        "--out",
+        str(out),
+        "--engine",
+        "ray",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed = None
     deadline = time.time() + 240

@@ -27,8 +27,9 @@ from .test_encode import frames_for
 
 def _survey(root: Path, n: int) -> Path:
     for i in range(n):
-        write_tone(root / f"site{i % 3}" / f"2024050{1 + i % 5}_0{i % 10}0000.WAV", 4.0 + i % 3, freq=500 + 300 * i,
-                   seed=i)  # fmt: skip
+        write_tone(
+            root / f"site{i % 3}" / f"2024050{1 + i % 5}_0{i % 10}0000.WAV", 4.0 + i % 3, freq=500 + 300 * i, seed=i
+        )
     return root
 
 
@@ -40,8 +41,10 @@ def _encoding_child(patch: str, root: Path, run: Path, out: Path, **kwargs) -> s
     """A real encoding process, with ``patch`` (code using ``e`` = ecovae.encode and ``time``) run
     first to hold it at the moment a test needs; stdout kept out of the way."""
     args = "".join(f", {k}={v!r}" for k, v in kwargs.items())
-    code = (f"import time, ecovae.encode as e\n{patch}\n"
-            f"e.encode({str(root)!r}, {str(run)!r}, {str(out)!r}, progress=False{args})\n")  # fmt: skip
+    code = (
+        f"import time, ecovae.encode as e\n{patch}\n"
+        f"e.encode({str(root)!r}, {str(run)!r}, {str(out)!r}, progress=False{args})\n"
+    )
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -102,8 +105,9 @@ def test_a_second_process_on_the_same_output_is_refused(untrained_run, tmp_path,
     try:
         with pytest.raises(OutputBusy, match=f"pid {proc.pid}"):
             encode(root, untrained_run, out, progress=False)
-        result = CliRunner().invoke(app, ["encode", str(root), "--model", str(untrained_run), "--out", str(out),
-                                          "--quiet"])  # fmt: skip
+        result = CliRunner().invoke(
+            app, ["encode", str(root), "--model", str(untrained_run), "--out", str(out), "--quiet"]
+        )
         assert result.exit_code == 2 and "another 'ecovae encode'" in result.output
         assert "Traceback" not in result.output
     finally:
@@ -142,13 +146,7 @@ def test_a_killed_run_commits_on_time_not_only_on_rows(untrained_run, tmp_path):
     encode(root, untrained_run, reference, progress=False)
     out = tmp_path / "latents"
     # Slowed to about 0.3 s a file, with a frame bound it would never reach: only time commits.
-    patch = (
-        "real = e.record\n"
-        "def slow(*a):\n"
-        "    time.sleep(0.3)\n"
-        "    real(*a)\n"
-        "e.record = slow"
-    )
+    patch = "real = e.record\ndef slow(*a):\n    time.sleep(0.3)\n    real(*a)\ne.record = slow"
     proc = _encoding_child(patch, root, untrained_run, out, rows_per_part=10**9, commit_seconds=0.5)
     _wait_for(lambda: any(out.glob("part-*.parquet")), proc)
     os.kill(proc.pid, signal.SIGKILL)
@@ -209,7 +207,9 @@ def test_an_empty_recordings_folder_is_an_error(untrained_run, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no audio files"):
         encode(tmp_path / "empty", untrained_run, tmp_path / "latents.parquet", progress=False)
-    result = CliRunner().invoke(app, ["encode", str(tmp_path / "empty"), "--model", str(untrained_run), "--out",
-                                      str(tmp_path / "latents.parquet")])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        ["encode", str(tmp_path / "empty"), "--model", str(untrained_run), "--out", str(tmp_path / "latents.parquet")],
+    )
     assert result.exit_code == 2 and "no audio files" in result.output
     assert not (tmp_path / "latents.parquet").exists()

@@ -40,11 +40,22 @@ def _ok_error(result, *needles: str) -> None:
 
 def test_a_read_only_output_disk_is_named(untrained_run, tmp_path, read_only_dir):
     data = _survey(tmp_path / "data")
-    result = runner.invoke(app, ["train", str(data), "--out", str(read_only_dir / "run"), "--preset", "tiny",
-                                 "--quiet"])  # fmt: skip
+    result = runner.invoke(
+        app, ["train", str(data), "--out", str(read_only_dir / "run"), "--preset", "tiny", "--quiet"]
+    )
     _ok_error(result, "Read-only file system", str(read_only_dir / "run"), "choose another --out")
-    result = runner.invoke(app, ["encode", str(data), "--model", str(untrained_run), "--out",
-                                 str(read_only_dir / "latents.parquet"), "--quiet"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "encode",
+            str(data),
+            "--model",
+            str(untrained_run),
+            "--out",
+            str(read_only_dir / "latents.parquet"),
+            "--quiet",
+        ],
+    )
     _ok_error(result, "Read-only file system", "choose another --out")
 
 
@@ -83,14 +94,26 @@ def test_a_latin1_labels_csv_is_named_with_the_fix(untrained_run, tmp_path):
     data = _survey(tmp_path / "data")
     labels = tmp_path / "labels.csv"
     labels.write_bytes("path,site\nsite0/20240501_000000.WAV,Forêt\n".encode("latin-1"))
-    result = runner.invoke(app, ["encode", str(data), "--model", str(untrained_run), "--out",
-                                 str(tmp_path / "a.parquet"), "--labels", str(labels)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "encode",
+            str(data),
+            "--model",
+            str(untrained_run),
+            "--out",
+            str(tmp_path / "a.parquet"),
+            "--labels",
+            str(labels),
+        ],
+    )
     _ok_error(result, str(labels), "UTF-8")
 
 
 def test_evaluate_on_a_missing_or_empty_latents_file(tmp_path):
-    result = runner.invoke(app, ["evaluate", str(tmp_path / "nope.parquet"), "--target", "site", "--out",
-                                 str(tmp_path / "eval")])  # fmt: skip
+    result = runner.invoke(
+        app, ["evaluate", str(tmp_path / "nope.parquet"), "--target", "site", "--out", str(tmp_path / "eval")]
+    )
     _ok_error(result, str(tmp_path / "nope.parquet"), "ecovae encode")
     empty = tmp_path / "empty.parquet"
     pq.write_table(latents_schema(["site"], 16).empty_table(), empty)
@@ -119,9 +142,11 @@ def test_labels_naming_missing_files_and_duplicates_are_warned(tmp_path, caplog)
 def test_an_unreadable_file_says_why(tmp_path):
     secret = write_tone(tmp_path / "secret.wav", 2.0)
     os.chmod(secret, 0o000)
-    code = ("from pathlib import Path; from ecovae.audio import BadAudio, open_recording\n"
-            f"try:\n    open_recording(Path({str(secret)!r}), Path({str(tmp_path)!r}))\n"
-            "except BadAudio as e:\n    print(e)\n")  # fmt: skip
+    code = (
+        "from pathlib import Path; from ecovae.audio import BadAudio, open_recording\n"
+        f"try:\n    open_recording(Path({str(secret)!r}), Path({str(tmp_path)!r}))\n"
+        "except BadAudio as e:\n    print(e)\n"
+    )
 
     def without_root_override() -> None:
         # root reads anything: drop the capabilities that let it (PR_CAPBSET_DROP of
@@ -132,11 +157,16 @@ def test_an_unreadable_file_says_why(tmp_path):
         for cap in (1, 2):
             libc.prctl(24, cap, 0, 0, 0)
 
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          preexec_fn=without_root_override if os.geteuid() == 0 else None)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        preexec_fn=without_root_override if os.geteuid() == 0 else None,
+    )
     if done.returncode != 0 or not done.stdout.strip():
-        pytest.skip(f"cannot make a file unreadable here (still read: {done.stdout.strip()[-200:]}"
-                    f"{done.stderr.strip()[-200:]})")  # fmt: skip
+        pytest.skip(
+            f"cannot make a file unreadable here (still read: {done.stdout.strip()[-200:]}{done.stderr.strip()[-200:]})"
+        )
     assert str(secret) in done.stdout and "Permission denied" in done.stdout
     assert "System error" not in done.stdout
 
@@ -152,6 +182,5 @@ def test_outputs_get_the_umask_mode(untrained_run, tmp_path):
         runner.invoke(app, ["encode", str(data), "--model", str(run), "--out", str(tmp_path / "l.parquet"), "--quiet"])
     finally:
         os.umask(old)
-    for path in [run / "model.safetensors", run / "config.json", tmp_path / "l.parquet",
-                 tmp_path / "l.summary.json"]:  # fmt: skip
+    for path in [run / "model.safetensors", run / "config.json", tmp_path / "l.parquet", tmp_path / "l.summary.json"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

@@ -41,7 +41,10 @@ def _outcome(path: Path) -> str:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.binary(min_size=0, max_size=4096), prefix=st.sampled_from([b"", b"RIFF\xff\xff\x00\x00WAVEfmt ", b"fLaC", b"OggS"]))
+@given(
+    data=st.binary(min_size=0, max_size=4096),
+    prefix=st.sampled_from([b"", b"RIFF\xff\xff\x00\x00WAVEfmt ", b"fLaC", b"OggS"]),
+)
 def test_random_bytes_are_read_or_skipped(tmp_path, data, prefix):
     path = tmp_path / "random.wav"
     path.write_bytes(prefix + data)

@@ -36,21 +36,31 @@ def write_long_recording(path: Path, seconds: float, rate: int = 16_000) -> Path
 
 
 def peak_encoding(folder: Path, run: Path, out: Path, workers: int) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(run), str(out), str(workers)],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(folder), str(run), str(out), str(workers)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("workers", [0, 1])  # decoding in the model's process, or in a worker beside it
 def test_peak_memory_does_not_grow_with_recording_length(untrained_run, tmp_path, workers):
-    short = peak_encoding(write_long_recording(tmp_path / "short" / "a.wav", 600).parent, untrained_run,
-                          tmp_path / "short.parquet", workers)  # fmt: skip
-    long = peak_encoding(write_long_recording(tmp_path / "long" / "a.wav", 7200).parent, untrained_run,
-                         tmp_path / "long.parquet", workers)  # fmt: skip
+    short = peak_encoding(
+        write_long_recording(tmp_path / "short" / "a.wav", 600).parent,
+        untrained_run,
+        tmp_path / "short.parquet",
+        workers,
+    )
+    long = peak_encoding(
+        write_long_recording(tmp_path / "long" / "a.wav", 7200).parent,
+        untrained_run,
+        tmp_path / "long.parquet",
+        workers,
+    )
     assert (short["skipped"], long["skipped"]) == (0, 0)
     assert long["frames"] > 11 * short["frames"]
     ratio = long["max_rss_kb"] / short["max_rss_kb"]
-    print(
-        f"peak RSS 10 min {short['max_rss_kb'] / 1024:.0f} MB, 2 h {long['max_rss_kb'] / 1024:.0f} MB ({ratio:.3f}x)"
-    )
+    print(f"peak RSS 10 min {short['max_rss_kb'] / 1024:.0f} MB, 2 h {long['max_rss_kb'] / 1024:.0f} MB ({ratio:.3f}x)")
     assert ratio <= 1.10

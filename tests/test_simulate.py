@@ -40,8 +40,22 @@ def survey(tmp_path_factory):
 def test_survey_layout_and_ground_truth(survey):
     labels = pd.read_csv(survey / "labels.csv")
     assert len(labels) == 3 * 2 * 2
-    assert {"site", "habitat", "degradation", "recorder", "recorder_model", "recorded_at", "diel_period",
-            "birds", "insects", "frogs", "rain", "wind", "traffic", "aircraft"} <= set(labels.columns)  # fmt: skip
+    assert {
+        "site",
+        "habitat",
+        "degradation",
+        "recorder",
+        "recorder_model",
+        "recorded_at",
+        "diel_period",
+        "birds",
+        "insects",
+        "frogs",
+        "rain",
+        "wind",
+        "traffic",
+        "aircraft",
+    } <= set(labels.columns)
     assert labels["recorder_model"].nunique() == 2 and labels["site"].nunique() == 3
     assert labels["degradation"].is_monotonic_increasing
     for rel in labels["path"]:
@@ -57,7 +71,10 @@ def test_survey_layout_and_ground_truth(survey):
 def test_same_seed_same_files(survey, tmp_path):
     simulate_survey(tmp_path, n_sites=3, recorders_per_site=2, hours=(0.0, 6.0), duration_s=8.0, seed=3, workers=1)
     for rel in pd.read_csv(survey / "labels.csv")["path"]:
-        assert hashlib.sha256((survey / rel).read_bytes()).digest() == hashlib.sha256((tmp_path / rel).read_bytes()).digest()
+        assert (
+            hashlib.sha256((survey / rel).read_bytes()).digest()
+            == hashlib.sha256((tmp_path / rel).read_bytes()).digest()
+        )
     other = tmp_path / "other"
     simulate_survey(other, n_sites=3, recorders_per_site=2, hours=(0.0, 6.0), duration_s=8.0, seed=4)
     rel = pd.read_csv(survey / "labels.csv")["path"][0]

@@ -33,7 +33,10 @@ def test_split_is_by_recording_and_seeded():
 
 
 def test_windows_stay_inside_one_clip():
-    recs = [LoadedRecording("a", {}, [torch.full((192 * 3, 64), 1.0)]), LoadedRecording("b", {}, [torch.full((192 * 2, 64), 2.0)])]
+    recs = [
+        LoadedRecording("a", {}, [torch.full((192 * 3, 64), 1.0)]),
+        LoadedRecording("b", {}, [torch.full((192 * 2, 64), 2.0)]),
+    ]
     ds = WindowDataset(recs, window_frames=2, frame_hops=192)
     assert len(ds) == 2 + 1
     assert all(x.shape == (1, 384, 64) and x.unique().numel() == 1 for x in ds)
@@ -49,7 +52,13 @@ def test_tiny_model_lowers_heldout_negative_elbo_on_real_data(shared_run):
 
 def test_run_folder_is_complete_and_loads_without_pickle(shared_run, manifest):
     run, _ = shared_run
-    assert {p.name for p in run.iterdir()} >= {"config.json", "model.safetensors", "metrics.csv", "run.json", "checkpoints"}
+    assert {p.name for p in run.iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "metrics.csv",
+        "run.json",
+        "checkpoints",
+    }
     saved = json.loads((run / "run.json").read_text())
     assert saved["seed"] == 0 and saved["versions"]["torch"].startswith("2.13")
     assert saved["hardware"]["cpu_count"] >= 1 and saved["wall_time_s"] > 0
@@ -73,8 +82,24 @@ def test_killed_training_resumes_where_it_stopped(shared_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(shared_data / "behaviour_soundscapes", data)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "ecovae", "train", str(data), "--out", str(run), "--preset", "tiny",
-           "--max-steps", "60", "--checkpoint-every", "10", "--val-every", "30", "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "ecovae",
+        "train",
+        str(data),
+        "--out",
+        str(run),
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "60",
+        "--checkpoint-every",
+        "10",
+        "--val-every",
+        "30",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not (run / "checkpoints" / "step30.ckpt").exists():

@@ -27,8 +27,21 @@ def test_two_process_ddp_run_writes_one_checkpoint_and_resumes(tmp_path):
     for i in range(8):
         write_tone(root / f"site{i % 2}" / f"20240501_{i:02d}0000.WAV", 12.0, freq=300 + 400 * i, seed=i)
     run = tmp_path / "run"
-    ddp = ["--preset", "tiny", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--quiet",
-           "--checkpoint-every", "6", "--val-every", "6"]  # fmt: skip
+    ddp = [
+        "--preset",
+        "tiny",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--quiet",
+        "--checkpoint-every",
+        "6",
+        "--val-every",
+        "6",
+    ]
     first = _train(str(root), "--out", str(run), "--max-steps", "12", *ddp)
 
     manifest = json.loads((run / "run.json").read_text())

@@ -36,8 +36,7 @@ def _survey(root: Path, seconds=(20.0, 20.0, 20.0, 20.0)) -> Path:
 
 
 def _cmd(data: Path, run: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "ecovae", "train", str(data), "--out", str(run), "--preset", "tiny", "--quiet",
-            *args]  # fmt: skip
+    return [sys.executable, "-m", "ecovae", "train", str(data), "--out", str(run), "--preset", "tiny", "--quiet", *args]
 
 
 def _wait_for(path_glob, proc: subprocess.Popen, seconds: float = 240) -> Path:
@@ -90,8 +89,7 @@ def test_resume_falls_back_to_the_newest_readable_checkpoint(tmp_path):
     os.utime(last)  # and the newest
     with pytest.raises(FileExistsError, match="--resume"):
         train(data, run, train_preset("tiny", max_steps=30), progress=False)
-    done = subprocess.run(_cmd(data, run, "--max-steps", "30", "--resume"), capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(_cmd(data, run, "--max-steps", "30", "--resume"), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "last.ckpt is unreadable" in done.stderr and "step20.ckpt" in done.stderr
     manifest = json.loads((run / "run.json").read_text())
@@ -115,8 +113,9 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_keeps_its_whole_history(
     assert not (run / "run.json").exists()
 
     resumed_to = stopped_at + 10
-    done = subprocess.run(_cmd(data, run, "--max-steps", str(resumed_to), "--resume"), capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        _cmd(data, run, "--max-steps", str(resumed_to), "--resume"), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((run / "run.json").read_text())
     assert manifest["global_step"] == resumed_to and manifest["attempts"] == 2
@@ -133,8 +132,18 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_keeps_its_whole_history(
 def test_a_kill_before_the_first_step_checkpoint_keeps_the_timed_one(tmp_path):
     data = _survey(tmp_path / "data")
     run = tmp_path / "run"
-    cmd = _cmd(data, run, "--max-steps", "100000", "--checkpoint-every", "100000", "--val-every", "100000",
-               "--checkpoint-minutes", "0.01")  # fmt: skip
+    cmd = _cmd(
+        data,
+        run,
+        "--max-steps",
+        "100000",
+        "--checkpoint-every",
+        "100000",
+        "--val-every",
+        "100000",
+        "--checkpoint-minutes",
+        "0.01",
+    )
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     timed = _wait_for(lambda: sorted((run / "checkpoints").glob("time-step*.ckpt")), proc)
     time.sleep(0.3)
@@ -142,8 +151,12 @@ def test_a_kill_before_the_first_step_checkpoint_keeps_the_timed_one(tmp_path):
     proc.wait()
     steps = _step(sorted((run / "checkpoints").glob("time-step*.ckpt"))[-1])
     assert steps > 0 and timed.name.startswith("time-step")
-    done = subprocess.run(_cmd(data, run, "--max-steps", str(steps + 5), "--checkpoint-every", "100000",
-                               "--resume"), capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        _cmd(data, run, "--max-steps", str(steps + 5), "--checkpoint-every", "100000", "--resume"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((run / "run.json").read_text())
     assert manifest["attempt_log"][-1]["from_step"] == steps
@@ -153,15 +166,17 @@ def test_every_recording_of_a_frame_or_more_is_trained_on(tmp_path):
     # 4 s = 2 frames, 10 s = 6, 20 s = 13: with a 10-frame window the old code dropped the first two kinds
     data = _survey(tmp_path / "data", (4.0, 4.0, 10.0, 10.0, 20.0, 20.0, 20.0, 20.0))
     write_tone(data / "site0" / "20240502_000000.WAV", 1.0)  # under one frame: skipped, with the reason
-    manifest = train(data, tmp_path / "run", train_preset("tiny", max_steps=6, window_frames=10, val_every=3,
-                                                           checkpoint_every=3), progress=False)  # fmt: skip
+    manifest = train(
+        data,
+        tmp_path / "run",
+        train_preset("tiny", max_steps=6, window_frames=10, val_every=3, checkpoint_every=3),
+        progress=False,
+    )
     d = manifest["data"]
     assert d["recordings_used"] == 8 and list(d["skipped"]) == ["site0/20240502_000000.WAV"]
     assert "shorter than one frame" in d["skipped"]["site0/20240502_000000.WAV"]
     assert len(d["train_recordings"]) + len(d["val_recordings"]) == 8
-    assert sorted(d["shorter_than_window"]) == sorted(
-        f"site{i % 2}/20240501_{i:02d}0000.WAV" for i in range(4)
-    )
+    assert sorted(d["shorter_than_window"]) == sorted(f"site{i % 2}/20240501_{i:02d}0000.WAV" for i in range(4))
     assert manifest["global_step"] == 6
 
 

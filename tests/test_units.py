@@ -16,12 +16,21 @@ def _frames(rows: list[tuple[str, str, str, str, float]], dim: int = 2) -> pd.Da
     out = []
     for i, (path, site, recorder, start, offset) in enumerate(rows):
         t0 = pd.Timestamp(start) if start else pd.NaT
-        out.append({"path": path, "site": site, "recorder": recorder, "start_time": t0,
-                    "frame_time": t0 + pd.Timedelta(seconds=offset), "frame_offset_s": offset,
-                    "frame_in_recording": int(offset // 1.536), "hour": str(t0.hour) if start else None,
-                    **{f"mu_{d:03d}": float(i) + d for d in range(dim)},
-                    **{f"logvar_{d:03d}": 0.0 for d in range(dim)},
-                    **{f"logmel_{d:03d}": -float(i) for d in range(3)}})  # fmt: skip
+        out.append(
+            {
+                "path": path,
+                "site": site,
+                "recorder": recorder,
+                "start_time": t0,
+                "frame_time": t0 + pd.Timedelta(seconds=offset),
+                "frame_offset_s": offset,
+                "frame_in_recording": int(offset // 1.536),
+                "hour": str(t0.hour) if start else None,
+                **{f"mu_{d:03d}": float(i) + d for d in range(dim)},
+                **{f"logvar_{d:03d}": 0.0 for d in range(dim)},
+                **{f"logmel_{d:03d}": -float(i) for d in range(3)},
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -60,8 +69,12 @@ def test_site_units_hold_every_frame_of_the_site():
 def test_a_day_window_cuts_at_midnight_by_frame_time():
     units = group_units(_frames(ROWS), unit="site,recorder", window="1D")
     by_unit = dict(zip(units.meta["unit"], units.frames, strict=True))
-    assert set(by_unit) == {"A|r1|2024-05-01T00:00", "A|r1|2024-05-02T00:00", "A|r2|2024-05-01T00:00",
-                            "B|r3|2024-05-01T00:00"}  # fmt: skip
+    assert set(by_unit) == {
+        "A|r1|2024-05-01T00:00",
+        "A|r1|2024-05-02T00:00",
+        "A|r2|2024-05-01T00:00",
+        "B|r3|2024-05-01T00:00",
+    }
     # the recording that starts at 23:59:59 gives its first frame to 1 May and its second to 2 May
     np.testing.assert_array_equal(by_unit["A|r1|2024-05-01T00:00"][:, 0], [0, 1, 2])
     np.testing.assert_array_equal(by_unit["A|r1|2024-05-02T00:00"][:, 0], [3, 4])
@@ -75,8 +88,12 @@ def test_frames_without_a_time_are_reported_not_silently_dropped(caplog):
     assert "C" not in set(units.meta["site"]) and "no time" in caplog.text
     assert sum(units.meta["n_frames"]) == len(ROWS)
     # and the count goes on to the evaluation (evaluation.json, the report)
-    two_days = [(f"{site}/{day}.wav", site, "r", f"2024-05-0{day} 12:00", t) for site in "AB" for day in (1, 2)
-                for t in (0.0, 1.536)] + rows[-2:]  # fmt: skip
+    two_days = [
+        (f"{site}/{day}.wav", site, "r", f"2024-05-0{day} 12:00", t)
+        for site in "AB"
+        for day in (1, 2)
+        for t in (0.0, 1.536)
+    ] + rows[-2:]
     units = group_units(_frames(two_days), unit="site", window="1D")
     ev = evaluate_descriptors(units, "site", kinds=("mean",), n_splits=2, classifier_names=["logreg"])
     assert ev.n_units == 4 and ev.unplaced == {"C/undated.wav": 2}
@@ -98,8 +115,13 @@ def test_point_features_have_zero_variance_and_share_the_units():
 
 def test_baseline_windows_join_the_latents_on_path_and_time():
     latents = _frames(ROWS)
-    windows = pd.DataFrame({"path": ["A/r1/0501_2359.wav", "A/r1/0501_2359.wav", "B/r3/0501_1200.wav"],
-                            "frame_offset_s": [0.0, 3.0, 0.0], "indices_000": [1.0, 2.0, 3.0]})  # fmt: skip
+    windows = pd.DataFrame(
+        {
+            "path": ["A/r1/0501_2359.wav", "A/r1/0501_2359.wav", "B/r3/0501_1200.wav"],
+            "frame_offset_s": [0.0, 3.0, 0.0],
+            "indices_000": [1.0, 2.0, 3.0],
+        }
+    )
     units = baseline_units(windows, latents, "indices", unit="site", window="1D")
     by_unit = dict(zip(units.meta["unit"], units.frames, strict=True))
     # the window at 3 s into the recording that starts at 23:59:59 falls on 2 May
@@ -119,8 +141,15 @@ def test_every_feature_set_is_scored_on_the_same_units_and_folds():
     table[[c for c in table.columns if c.startswith(("mu_", "logmel_"))]] = rng.normal(size=(len(table), 5))
     vae = group_units(table, unit="site", window="1D")
     logmel = group_units(table, unit="site", window="1D", features="logmel")
-    ev = evaluate_descriptors(vae, "site", kinds=("mean", "moments"), n_splits=4, features={"logmel": logmel},
-                              classifier_names=["logreg"], unit="site per 1D")  # fmt: skip
+    ev = evaluate_descriptors(
+        vae,
+        "site",
+        kinds=("mean", "moments"),
+        n_splits=4,
+        features={"logmel": logmel},
+        classifier_names=["logreg"],
+        unit="site per 1D",
+    )
     assert ev.n_units == 12 and set(ev.summary["features"]) == {"vae", "logmel"}
     folds = ev.predictions.groupby(["features", "descriptor"]).apply(lambda g: tuple(g.sort_values("unit")["fold"]))
     assert folds.nunique() == 1  # one set of folds for every row

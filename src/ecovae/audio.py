@@ -201,8 +201,12 @@ def read_labels_csv(path: Path | str) -> tuple[list[str], dict[str, dict[str, st
     except OSError as e:
         raise ValueError(f"{path}: cannot read the labels CSV ({e.strerror})") from None
     if duplicates:
-        log.warning("%s: %d paths are listed more than once (the last row is used), e.g. %s",
-                    path, len(duplicates), ", ".join(sorted(set(duplicates))[:3]))  # fmt: skip
+        log.warning(
+            "%s: %d paths are listed more than once (the last row is used), e.g. %s",
+            path,
+            len(duplicates),
+            ", ".join(sorted(set(duplicates))[:3]),
+        )
     return columns, rows
 
 
@@ -242,11 +246,23 @@ def discover(
 def _warn_unmatched(labels_csv: Path | str, listed: set[str], found: set[str], root: Path) -> None:
     missing, unlabelled = sorted(listed - found), sorted(found - listed)
     if missing and root.is_dir():
-        log.warning("%s: %d of %d listed paths are not audio files under %s, e.g. %s",
-                    labels_csv, len(missing), len(listed), root, ", ".join(missing[:3]))  # fmt: skip
+        log.warning(
+            "%s: %d of %d listed paths are not audio files under %s, e.g. %s",
+            labels_csv,
+            len(missing),
+            len(listed),
+            root,
+            ", ".join(missing[:3]),
+        )
     if unlabelled and root.is_dir():
-        log.warning("%d of %d files under %s have no row in %s (their labels are empty), e.g. %s",
-                    len(unlabelled), len(found), root, labels_csv, ", ".join(unlabelled[:3]))  # fmt: skip
+        log.warning(
+            "%d of %d files under %s have no row in %s (their labels are empty), e.g. %s",
+            len(unlabelled),
+            len(found),
+            root,
+            labels_csv,
+            ", ".join(unlabelled[:3]),
+        )
 
 
 def open_recording(path: Path, root: Path, labels: dict[str, str] | None = None) -> Recording:

@@ -76,12 +76,15 @@ def acoustic_indices(audio: np.ndarray, sample_rate: int = 48_000) -> pd.Series:
     return pd.concat([temporal.iloc[0], spectral.iloc[0]]).astype(float)
 
 
-def recording_windows(rec: Recording, kind: str, spec: SpectrogramConfig = SpectrogramConfig(),
-                      indices_seconds: float | None = None):
+def recording_windows(
+    rec: Recording, kind: str, spec: SpectrogramConfig = SpectrogramConfig(), indices_seconds: float | None = None
+):
     """(offsets, (n, k) values, names) of one recording."""
     if kind == "indices":
         rows, offsets = [], []
-        windows = _windows(rec, spec.sample_rate, INDICES_FRAMES * spec.frame_samples, spec.frame_samples, indices_seconds)
+        windows = _windows(
+            rec, spec.sample_rate, INDICES_FRAMES * spec.frame_samples, spec.frame_samples, indices_seconds
+        )
         for offset, audio in windows:
             rows.append(acoustic_indices(audio, spec.sample_rate))
             offsets.append(offset)
@@ -110,8 +113,9 @@ def _one(job: tuple) -> tuple[str, tuple | str]:
         return rel, f"unexpected error: {type(e).__name__}: {e}"
 
 
-def _compute(root: Path, todo: list[str], kind: str, spec: SpectrogramConfig, indices_seconds: float | None,
-             workers: int | None):  # fmt: skip
+def _compute(
+    root: Path, todo: list[str], kind: str, spec: SpectrogramConfig, indices_seconds: float | None, workers: int | None
+):
     """(path, windows or the reason it was skipped) for each file, in order."""
     jobs = [(root, rel, kind, spec, indices_seconds) for rel in todo]
     workers = min(workers or os.cpu_count() or 1, len(jobs))
@@ -131,9 +135,16 @@ def _settings(kind: str, spec: SpectrogramConfig, indices_seconds: float | None)
     return {"kind": kind, "window_s": 3.0}
 
 
-def baseline_windows(root: Path | str, paths: list[str], kind: str, cache: Path | str | None = None,
-                     spec: SpectrogramConfig = SpectrogramConfig(), indices_seconds: float | None = None,
-                     progress: bool = False, workers: int | None = None) -> pd.DataFrame:  # fmt: skip
+def baseline_windows(
+    root: Path | str,
+    paths: list[str],
+    kind: str,
+    cache: Path | str | None = None,
+    spec: SpectrogramConfig = SpectrogramConfig(),
+    indices_seconds: float | None = None,
+    progress: bool = False,
+    workers: int | None = None,
+) -> pd.DataFrame:
     """One row per window: path, frame_offset_s and ``{kind}_000...``; windows with non-finite values left out.
 
     With ``cache`` (a folder), windows are read from ``cache/{kind}.parquet`` for files whose
@@ -162,7 +173,9 @@ def baseline_windows(root: Path | str, paths: list[str], kind: str, cache: Path 
         stats[rel] = (st.st_size, st.st_mtime_ns)
     fresh = set()
     if len(cached):
-        ok = [stats.get(p) == (s, m) for p, s, m in zip(cached["path"], cached["_size"], cached["_mtime_ns"], strict=True)]
+        ok = [
+            stats.get(p) == (s, m) for p, s, m in zip(cached["path"], cached["_size"], cached["_mtime_ns"], strict=True)
+        ]
         cached = cached[np.array(ok, bool)]
         fresh = set(cached["path"])
     todo = [p for p in paths if p not in fresh]
@@ -181,12 +194,15 @@ def baseline_windows(root: Path | str, paths: list[str], kind: str, cache: Path 
         if progress and (i + 1) % 10 == 0:
             rate = (i + 1) / (time.time() - t0)
             log.info("%s: %d/%d files, ETA %.0f s", kind, i + 1, len(todo), (len(todo) - i - 1) / rate)
-    table = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
+    table = (
+        pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
+    )
     if cache_file is not None and todo and len(table):
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         arrow = pa.Table.from_pandas(table, preserve_index=False)
-        arrow = arrow.replace_schema_metadata({"ecovae_baseline": json.dumps(settings),
-                                               "ecovae_names": json.dumps(names or [])})  # fmt: skip
+        arrow = arrow.replace_schema_metadata(
+            {"ecovae_baseline": json.dumps(settings), "ecovae_names": json.dumps(names or [])}
+        )
         with atomic_file(cache_file) as tmp:
             pq.write_table(arrow, tmp)
     if table.empty:
@@ -209,9 +225,17 @@ def baseline_units(windows: pd.DataFrame, latents: pd.DataFrame, kind: str, unit
     return group_units(table, unit, window, features=kind)
 
 
-def baseline_sets(latents: pd.DataFrame, kinds, root: Path | str | None, cache: Path | str | None = None,
-                  unit=None, window=None, spec: SpectrogramConfig = SpectrogramConfig(),
-                  indices_seconds: float | None = None, progress: bool = False) -> dict[str, Units]:  # fmt: skip
+def baseline_sets(
+    latents: pd.DataFrame,
+    kinds,
+    root: Path | str | None,
+    cache: Path | str | None = None,
+    unit=None,
+    window=None,
+    spec: SpectrogramConfig = SpectrogramConfig(),
+    indices_seconds: float | None = None,
+    progress: bool = False,
+) -> dict[str, Units]:
     """name -> the baseline's units (the same units as the latents'): log-mel from the latents themselves,
     the others from the audio under ``root`` (computed once, cached in ``cache``)."""
     from ecovae import birdnet

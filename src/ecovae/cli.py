@@ -21,7 +21,12 @@ app = typer.Typer(
     help="Learned soundscape representations with a convolutional VAE: simulate, train, encode, evaluate, interpret, report.",
 )
 
-Preset = Annotated[str, typer.Option(help="Model size: 'full' (MODEL.md's default), 'small' (a CPU and an hour) or 'tiny' (tests, CPU demos).")]
+Preset = Annotated[
+    str,
+    typer.Option(
+        help="Model size: 'full' (MODEL.md's default), 'small' (a CPU and an hour) or 'tiny' (tests, CPU demos)."
+    ),
+]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -51,8 +56,10 @@ def _user_errors() -> Iterator[None]:
     except OSError as e:
         if e.errno in _DISK_ERRORS:
             where = f" {e.filename}" if e.filename else ""
-            _fail(f"cannot write{where}: {e.strerror or e}. The disk is full or read-only: "
-                  "free some space, or choose another --out")  # fmt: skip
+            _fail(
+                f"cannot write{where}: {e.strerror or e}. The disk is full or read-only: "
+                "free some space, or choose another --out"
+            )
         _fail(str(e))
     except (ValueError, RuntimeError) as e:
         _fail(str(e))
@@ -64,7 +71,10 @@ def simulate(
     sites: int = typer.Option(4, help="Sites along the degradation gradient."),
     recorders: int = typer.Option(2, help="Recorders per site (models alternate)."),
     days: int = typer.Option(1, help="Days recorded."),
-    habitats: int = typer.Option(0, help="Habitat levels along the degradation gradient (0: one per site); sites of a habitat differ in their day."),
+    habitats: int = typer.Option(
+        0,
+        help="Habitat levels along the degradation gradient (0: one per site); sites of a habitat differ in their day.",
+    ),
     hours: str = typer.Option("0,5.5,7,12,18,21.5", help="Recording start hours, comma-separated."),
     duration: float = typer.Option(60.0, help="Seconds per recording."),
     seed: int = typer.Option(0, help="Random seed: the survey depends on it alone."),
@@ -93,15 +103,21 @@ def train(
     learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW, cosine decay).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the split, initialisation and sampling.")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
-    checkpoint_minutes: Annotated[float | None, typer.Option(help="Minutes between checkpoints (as well), default 10.")] = None,
+    checkpoint_minutes: Annotated[
+        float | None, typer.Option(help="Minutes between checkpoints (as well), default 10.")
+    ] = None,
     val_every: Annotated[int | None, typer.Option(help="Steps between validations.")] = None,
     num_workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
     accelerator: Annotated[str | None, typer.Option(help="Lightning accelerator: auto, cpu, gpu, ...")] = None,
     devices: Annotated[str | None, typer.Option(help="Lightning devices: auto, 1, 2, ...")] = None,
     precision: Annotated[str | None, typer.Option(help="Lightning precision: 32-true, bf16-mixed, 16-mixed.")] = None,
-    strategy: Annotated[str | None, typer.Option(help="Lightning strategy: auto, or ddp for several devices or nodes.")] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="Lightning strategy: auto, or ddp for several devices or nodes.")
+    ] = None,
     num_nodes: Annotated[int | None, typer.Option(help="Nodes of a distributed run (SLURM, torchrun).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose")] = False,
 ) -> None:
@@ -111,11 +127,21 @@ def train(
     from ecovae.train import train_preset
 
     given = dict(
-        max_steps=max_steps, batch_size=batch_size, window_frames=window_frames, learning_rate=learning_rate,
-        seed=seed, checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, val_every=val_every,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        window_frames=window_frames,
+        learning_rate=learning_rate,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        checkpoint_minutes=checkpoint_minutes,
+        val_every=val_every,
         num_workers=num_workers,
-        accelerator=accelerator, devices=devices, precision=precision, strategy=strategy, num_nodes=num_nodes,
-    )  # fmt: skip
+        accelerator=accelerator,
+        devices=devices,
+        precision=precision,
+        strategy=strategy,
+        num_nodes=num_nodes,
+    )
     from ecovae.train import TrainingStopped
 
     try:
@@ -152,17 +178,26 @@ def encode(
         Path, typer.Option("--out", help="A .parquet file, or a folder for a Parquet dataset (resumes if interrupted).")
     ],
     labels: Annotated[Path | None, typer.Option(help="CSV with a 'path' column and label columns.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Clips per forward pass (default: 1 on CPU, 8 on GPU).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Clips per forward pass (default: 1 on CPU, 8 on GPU).")
+    ] = None,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, ...")] = "cpu",
     correct_hardware: Annotated[
         str | None, typer.Option(help="Label column of the recorder: remove each recorder's log-mel offset first.")
     ] = None,
-    engine: Annotated[str, typer.Option(help="local, or ray: a Ray cluster (pip install 'ecovae\\[distributed]').")] = "local",
+    engine: Annotated[
+        str, typer.Option(help="local, or ray: a Ray cluster (pip install 'ecovae\\[distributed]').")
+    ] = "local",
     address: Annotated[
-        str | None, typer.Option(help="Ray cluster address; 'auto': the one this node is in (default: a new local one).")
+        str | None,
+        typer.Option(help="Ray cluster address; 'auto': the one this node is in (default: a new local one)."),
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Decoding processes beside the model (default: from the cores).")] = None,
-    threads: Annotated[int | None, typer.Option(help="Torch threads for the model (default: torch's, the physical cores).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Decoding processes beside the model (default: from the cores).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Torch threads for the model (default: torch's, the physical cores).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose")] = False,
 ) -> None:
@@ -179,9 +214,21 @@ def encode(
             fitted = fit_survey_offsets(recordings, labels, correct_hardware, load_model(model)[1])
             offsets = fitted.offsets_
             typer.echo(f"hardware correction by {correct_hardware}: offsets for {sorted(offsets)}")
-        summary = run_encoding(recordings, model, out, labels, batch_size, device, progress=not quiet,
-                               offsets=offsets, offset_column=correct_hardware, workers=workers, threads=threads,
-                               engine=engine, address=address)  # fmt: skip
+        summary = run_encoding(
+            recordings,
+            model,
+            out,
+            labels,
+            batch_size,
+            device,
+            progress=not quiet,
+            offsets=offsets,
+            offset_column=correct_hardware,
+            workers=workers,
+            threads=threads,
+            engine=engine,
+            address=address,
+        )
     typer.echo("\n".join(summary.lines()))
 
 
@@ -197,24 +244,37 @@ def _recordings_root(run_dir: Path | None, given: Path | None) -> Path:
         _fail("pass --recordings DIR")
     import json
 
-    recordings = json.loads((run_dir / "run.json").read_text()).get("recordings") if (run_dir / "run.json").is_file() else None
+    recordings = (
+        json.loads((run_dir / "run.json").read_text()).get("recordings") if (run_dir / "run.json").is_file() else None
+    )
     if not recordings or not Path(recordings).is_dir():
         _fail(f"cannot find the recordings of {run_dir}; pass --recordings")
     return Path(recordings)
 
 
-Unit = Annotated[str | None, typer.Option(help="Unit of analysis: label columns whose values make one unit, e.g. 'site,recorder' (default: each recording).")]
-Window = Annotated[str | None, typer.Option(help="Also cut units by time: a pandas frequency, e.g. 1D (one unit per day), 6h.")]
+Unit = Annotated[
+    str | None,
+    typer.Option(
+        help="Unit of analysis: label columns whose values make one unit, e.g. 'site,recorder' (default: each recording)."
+    ),
+]
+Window = Annotated[
+    str | None, typer.Option(help="Also cut units by time: a pandas frequency, e.g. 1D (one unit per day), 6h.")
+]
 
 
 @app.command()
 def describe(
     latents: Latents,
     out: Annotated[Path, typer.Option("--out", help="Parquet file of descriptors.")],
-    kind: Annotated[str, typer.Option(help="mean (of mu), moments (mixture mean and variance) or mixture (samples).")] = "moments",
+    kind: Annotated[
+        str, typer.Option(help="mean (of mu), moments (mixture mean and variance) or mixture (samples).")
+    ] = "moments",
     unit: Unit = None,
     window: Window = None,
-    features: Annotated[str, typer.Option(help="vae (the posteriors) or logmel (the frames' mean log-mel per band).")] = "vae",
+    features: Annotated[
+        str, typer.Option(help="vae (the posteriors) or logmel (the frames' mean log-mel per band).")
+    ] = "vae",
     samples: Annotated[int, typer.Option(help="Samples per unit for --kind mixture.")] = 64,
     seed: int = 0,
 ) -> None:
@@ -237,14 +297,29 @@ def evaluate(
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics, confusion matrices and predictions.")],
     unit: Unit = None,
     window: Window = None,
-    group: Annotated[str | None, typer.Option(help="Label column whose values never straddle a split, e.g. site for new sites (default: the unit).")] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="Label column whose values never straddle a split, e.g. site for new sites (default: the unit)."
+        ),
+    ] = None,
     folds: Annotated[int, typer.Option(help="Cross-validation folds (fewer if a class has fewer groups).")] = 5,
-    recorder: Annotated[str | None, typer.Option(help="Recorder label column: also run the hardware check (needs --model).")] = None,
+    recorder: Annotated[
+        str | None, typer.Option(help="Recorder label column: also run the hardware check (needs --model).")
+    ] = None,
     model: Annotated[Path | None, typer.Option("--model", help="Run folder (for the hardware check).")] = None,
     recordings: Annotated[Path | None, typer.Option(help="Audio folder (default: the run's).")] = None,
     labels: Annotated[Path | None, typer.Option(help="Labels CSV of the recordings (for the hardware check).")] = None,
-    baselines: Annotated[str, typer.Option(help="Baseline feature sets scored beside; indices and birdnet need the audio (--model or --recordings); '' for none.")] = BASELINE_DEFAULT,
-    cache: Annotated[Path | None, typer.Option(help="Folder caching the baselines' windows (default: LATENTS.baselines/ beside the latents).")] = None,
+    baselines: Annotated[
+        str,
+        typer.Option(
+            help="Baseline feature sets scored beside; indices and birdnet need the audio (--model or --recordings); '' for none."
+        ),
+    ] = BASELINE_DEFAULT,
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="Folder caching the baselines' windows (default: LATENTS.baselines/ beside the latents)."),
+    ] = None,
     seed: int = 0,
 ) -> None:
     """Cross-validated classification of units from every feature set and descriptor, with metrics and confusion matrices."""
@@ -257,8 +332,9 @@ def evaluate(
         frames = read_latents(latents)
         units = group_units(frames, unit, window)
         features = _baselines(frames, baselines, root, cache or _cache_beside(latents), unit, window)
-        ev = evaluate_descriptors(units, target, group, n_splits=folds, seed=seed, features=features,
-                                  unit=_unit_name(unit, window))  # fmt: skip
+        ev = evaluate_descriptors(
+            units, target, group, n_splits=folds, seed=seed, features=features, unit=_unit_name(unit, window)
+        )
         write_evaluation(ev, out, latents)
     _print_evaluation(ev)
     if recorder:
@@ -279,8 +355,15 @@ def _unit_name(unit: str | None, window: str | None) -> str:
     return f"{name} per {window}" if window else name
 
 
-def _baselines(frames, names: str, root: Path | None, cache: Path | None, unit: str | None, window: str | None,
-               indices_seconds: float | None = None) -> dict:  # fmt: skip
+def _baselines(
+    frames,
+    names: str,
+    root: Path | None,
+    cache: Path | None,
+    unit: str | None,
+    window: str | None,
+    indices_seconds: float | None = None,
+) -> dict:
     from ecovae.baselines import baseline_sets
 
     kinds = [k.strip() for k in names.split(",") if k.strip()]
@@ -294,11 +377,15 @@ def _baselines(frames, names: str, root: Path | None, cache: Path | None, unit: 
 def _print_evaluation(ev) -> None:
     from ecovae.evaluate import verdict
 
-    typer.echo(f"{ev.target}: {ev.n_units} units ({ev.unit}), {ev.n_folds} folds grouped by {ev.group}; "
-               f"chance balanced accuracy {ev.chance['balanced_accuracy']:.3f}")  # fmt: skip
+    typer.echo(
+        f"{ev.target}: {ev.n_units} units ({ev.unit}), {ev.n_folds} folds grouped by {ev.group}; "
+        f"chance balanced accuracy {ev.chance['balanced_accuracy']:.3f}"
+    )
     for r in ev.summary.itertuples():
-        typer.echo(f"  {r.features:>8} {r.descriptor:>8} {r.classifier:>6}: balanced accuracy {r.balanced_accuracy:.3f}"
-                   f" (fold sd {r.balanced_accuracy_fold_sd:.3f})  macro-F1 {r.macro_f1:.3f}  ROC-AUC {r.roc_auc:.3f}")  # fmt: skip
+        typer.echo(
+            f"  {r.features:>8} {r.descriptor:>8} {r.classifier:>6}: balanced accuracy {r.balanced_accuracy:.3f}"
+            f" (fold sd {r.balanced_accuracy_fold_sd:.3f})  macro-F1 {r.macro_f1:.3f}  ROC-AUC {r.roc_auc:.3f}"
+        )
     v = verdict(ev.summary)
     b = v["best"]
     typer.echo(f"best: {b['features']} {b['descriptor']} / {b['classifier']} {b['balanced_accuracy']:.3f}")
@@ -319,8 +406,10 @@ def _hardware(run_dir: Path, root: Path, labels: Path | None, recorder: str, tar
         _fail(str(e))
     (out / "hardware.json").write_text(json.dumps(result, indent=2) + "\n")
     r, t = result["recorder_balanced_accuracy"], result["target_balanced_accuracy"]
-    typer.echo(f"hardware check: {recorder} predictable at {r['without']:.3f} -> {r['with']:.3f} with correction; "
-               f"{target} {t['without']:.3f} -> {t['with']:.3f}")  # fmt: skip
+    typer.echo(
+        f"hardware check: {recorder} predictable at {r['without']:.3f} -> {r['with']:.3f} with correction; "
+        f"{target} {t['without']:.3f} -> {t['with']:.3f}"
+    )
 
 
 @app.command()
@@ -331,7 +420,9 @@ def interpret(
     out: Annotated[Path, typer.Option("--out", help="Folder for the figures and interpretation.json.")],
     recordings: Annotated[Path | None, typer.Option(help="Audio folder (default: the run's).")] = None,
     recording: Annotated[str | None, typer.Option(help="Recording (relative path) for the saliency map.")] = None,
-    classes: Annotated[str | None, typer.Option(help="Two classes for the boundary walk, 'A,B' (default: the two commonest).")] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Two classes for the boundary walk, 'A,B' (default: the two commonest).")
+    ] = None,
     unit: Unit = None,
     window: Window = None,
     seed: int = 0,
@@ -350,10 +441,22 @@ def interpret(
     with _user_errors():
         vae, spec = load_model(model)
         run_info = json.loads((model / "run.json").read_text()) if (model / "run.json").is_file() else {}
-        info = run_interpretation(group_units(read_latents(latents), unit, window), vae, spec, _recordings_root(model, recordings),
-                                  target, out, run_info, recording, pair, seed)  # fmt: skip
+        info = run_interpretation(
+            group_units(read_latents(latents), unit, window),
+            vae,
+            spec,
+            _recordings_root(model, recordings),
+            target,
+            out,
+            run_info,
+            recording,
+            pair,
+            seed,
+        )
     walk = info["boundary_walk"]
-    typer.echo(f"boundary walk {walk['from']} -> {walk['to']}: p = " + " ".join(f"{p:.2f}" for p in walk["probabilities"]))
+    typer.echo(
+        f"boundary walk {walk['from']} -> {walk['to']}: p = " + " ".join(f"{p:.2f}" for p in walk["probabilities"])
+    )
     typer.echo(f"figures in {out}/ (saliency.png, boundary_walk.png, reconstruction_*.png, projection_*.png)")
 
 
@@ -400,8 +503,18 @@ class Analysis:
     indices_seconds: float | None = None
 
 
-def _pipeline(recordings: Path, out: Path, labels: Path | None, target: str, analysis: Analysis,
-              recorder: str | None, preset: str, max_steps: int | None, seed: int, quiet: bool) -> Path:  # fmt: skip
+def _pipeline(
+    recordings: Path,
+    out: Path,
+    labels: Path | None,
+    target: str,
+    analysis: Analysis,
+    recorder: str | None,
+    preset: str,
+    max_steps: int | None,
+    seed: int,
+    quiet: bool,
+) -> Path:
     import json
 
     from ecovae.descriptors import group_units, read_latents
@@ -425,11 +538,13 @@ def _pipeline(recordings: Path, out: Path, labels: Path | None, target: str, ana
             typer.echo("\n".join(run_encoding(recordings, run_dir, latents, labels, progress=not quiet).lines()))
             frames = read_latents(latents)
             typer.echo(f"[evaluate] {eval_dir}/")
-            features = _baselines(frames, BASELINE_DEFAULT, recordings, out / "baselines", a.unit, a.window,
-                                  a.indices_seconds)  # fmt: skip
+            features = _baselines(
+                frames, BASELINE_DEFAULT, recordings, out / "baselines", a.unit, a.window, a.indices_seconds
+            )
             units = group_units(frames, a.unit, a.window)
-            ev = evaluate_descriptors(units, target, a.group, seed=seed, features=features,
-                                      unit=_unit_name(a.unit, a.window))  # fmt: skip
+            ev = evaluate_descriptors(
+                units, target, a.group, seed=seed, features=features, unit=_unit_name(a.unit, a.window)
+            )
             notes = {"indices": f" (first {a.indices_seconds:g} s of each recording)"} if a.indices_seconds else None
             write_evaluation(ev, eval_dir, latents, notes)
             _print_evaluation(ev)
@@ -437,8 +552,16 @@ def _pipeline(recordings: Path, out: Path, labels: Path | None, target: str, ana
                 _hardware(run_dir, recordings, labels, recorder, target, eval_dir, seed)
             typer.echo(f"[interpret] {eval_dir}/")
             model, spec = load_model(run_dir)
-            run_interpretation(units, model, spec, recordings, target, eval_dir,
-                               json.loads((run_dir / "run.json").read_text()), seed=seed)  # fmt: skip
+            run_interpretation(
+                units,
+                model,
+                spec,
+                recordings,
+                target,
+                eval_dir,
+                json.loads((run_dir / "run.json").read_text()),
+                seed=seed,
+            )
     except TrainingStopped as e:
         _fail(f"{e} (ecovae run resumes by itself)", code=143)
     path = write_report(run_dir, eval_dir, out / "report.html")
@@ -475,7 +598,9 @@ def quickstart(
     steps: Annotated[int, typer.Option(help="Training steps of the tiny model.")] = 1000,
     duration: Annotated[float, typer.Option(help="Seconds per simulated recording.")] = 12.0,
     sites: Annotated[int, typer.Option(help="Simulated sites.")] = 4,
-    habitats: Annotated[int, typer.Option(help="Habitats the sites share (sites of one habitat differ in their day).")] = 2,
+    habitats: Annotated[
+        int, typer.Option(help="Habitats the sites share (sites of one habitat differ in their day).")
+    ] = 2,
     days: Annotated[int, typer.Option(help="Days recorded: one unit of analysis per site, recorder and day.")] = 3,
     hours: Annotated[str, typer.Option(help="Recording start hours, comma-separated.")] = "0,3,6,9,12,15,18,21",
     seed: Annotated[int, typer.Option(help="Seed for the survey and the training.")] = 0,
@@ -494,10 +619,13 @@ def quickstart(
     if (survey / "labels.csv").is_file():
         typer.echo(f"[simulate] survey already in {survey}/")
     else:
-        typer.echo(f"[simulate] {sites} sites ({habitats} habitats) x 2 recorders x {days} days x {len(hour_list)} "
-                   f"times of day, {duration:g} s each, in {survey}/")  # fmt: skip
-        simulate_survey(survey, n_sites=sites, hours=hour_list, days=days, seed=seed, duration_s=duration,
-                        habitats=habitats)  # fmt: skip
+        typer.echo(
+            f"[simulate] {sites} sites ({habitats} habitats) x 2 recorders x {days} days x {len(hour_list)} "
+            f"times of day, {duration:g} s each, in {survey}/"
+        )
+        simulate_survey(
+            survey, n_sites=sites, hours=hour_list, days=days, seed=seed, duration_s=duration, habitats=habitats
+        )
     # What a demo of minutes spends its time on (bench/representation.py measured the choices):
     # training steps buy representation quality; the acoustic indices (slow) see 3 s of each recording.
     analysis = Analysis(unit="site,recorder", window="1D", indices_seconds=QUICKSTART_INDICES_SECONDS)

@@ -65,8 +65,9 @@ def read_latents(path) -> pd.DataFrame:
     except (pa.ArrowException, OSError) as e:
         raise ValueError(f"{path}: not a readable Parquet latents file ({e})") from None
     if table.num_rows == 0:
-        raise ValueError(f"{path} holds no frames (0 rows): encoding skipped every file? "
-                         "see the .summary.json beside it")  # fmt: skip
+        raise ValueError(
+            f"{path} holds no frames (0 rows): encoding skipped every file? see the .summary.json beside it"
+        )
     return table.to_pandas()
 
 
@@ -101,8 +102,9 @@ def _values(frames: pd.DataFrame, features: str) -> tuple[np.ndarray, int]:
     return np.concatenate([values, logvar], 1), len(cols)
 
 
-def group_units(frames: pd.DataFrame, unit: str | Sequence[str] | None = None, window: str | None = None,
-                features: str = "vae") -> Units:  # fmt: skip
+def group_units(
+    frames: pd.DataFrame, unit: str | Sequence[str] | None = None, window: str | None = None, features: str = "vae"
+) -> Units:
     """Group a per-frame table (latents, or a baseline's windows) into units of analysis, frames in time order.
 
     ``unit``: label columns whose values together make a unit (none: each recording);
@@ -126,12 +128,18 @@ def group_units(frames: pd.DataFrame, unit: str | Sequence[str] | None = None, w
             freq = pd.tseries.frequencies.to_offset(window)
             starts = pd.to_datetime(frames["frame_time"]).dt.floor(freq)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"--window {window!r} is not a fixed pandas frequency such as 1D, 12h, 30min ({e})") from None
+            raise ValueError(
+                f"--window {window!r} is not a fixed pandas frequency such as 1D, 12h, 30min ({e})"
+            ) from None
         no_time = starts.isna().to_numpy()
         if no_time.any():
             unplaced = frames.loc[no_time, "path"].value_counts().astype(int).to_dict()
-            log.warning("%d frames of %d recordings have no time (no date in the file name?): left out of the "
-                        "%s windows", int(no_time.sum()), len(unplaced), window)  # fmt: skip
+            log.warning(
+                "%d frames of %d recordings have no time (no date in the file name?): left out of the %s windows",
+                int(no_time.sum()),
+                len(unplaced),
+                window,
+            )
         frames = frames.assign(window_start=starts)[~no_time]
         keys = [*keys, "window_start"]
     if not keys:
@@ -143,8 +151,11 @@ def group_units(frames: pd.DataFrame, unit: str | Sequence[str] | None = None, w
     starts_ = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
     ends = np.r_[starts_[1:], len(codes)]
     rows = frames["_row"].to_numpy()
-    labels = [c for c in frames.columns if c not in RESERVED and not is_feature_column(c)
-              and c not in ("_row", "window_start", *keys)]  # fmt: skip
+    labels = [
+        c
+        for c in frames.columns
+        if c not in RESERVED and not is_feature_column(c) and c not in ("_row", "window_start", *keys)
+    ]
     first = frames.iloc[starts_]
     meta = first[["path"] if keys == ["path"] else keys]
     meta = meta.reset_index(drop=True)

@@ -56,6 +56,7 @@ from ecovae.spectrogram import SpectrogramConfig, expected_frames, iter_clips, r
 
 log = logging.getLogger(__name__)
 
+
 def latents_schema(label_columns: list[str], latent_dim: int, n_mels: int = 64) -> pa.Schema:
     """The schema of the latents Parquet file (see README, "Outputs")."""
     names = label_column_names(label_columns)
@@ -228,16 +229,12 @@ class ClipStream(torch.utils.data.IterableDataset):
     def _file(self, task: FileTask) -> Iterator[_Clips | _FileEnd | _FileFailed]:
         try:
             rec = open_recording(task.path, self.root, task.labels)
-            shift = (
-                None if task.offset is None else torch.as_tensor(task.offset, dtype=torch.float32)
-            )
+            shift = None if task.offset is None else torch.as_tensor(task.offset, dtype=torch.float32)
             pending: list = []
             any_clip = False
             for clip in iter_clips(rec, self.spec):
                 any_clip = True
-                if (
-                    pending and pending[0].n_frames != clip.n_frames
-                ):  # only equal lengths batch together
+                if pending and pending[0].n_frames != clip.n_frames:  # only equal lengths batch together
                     yield self._batch(task.rel, pending, shift)
                     pending = []
                 pending.append(clip)
@@ -247,9 +244,7 @@ class ClipStream(torch.utils.data.IterableDataset):
             if pending:
                 yield self._batch(task.rel, pending, shift)
             if not any_clip:
-                raise BadAudio(
-                    rec.path, f"shorter than one frame ({self.spec.frame_seconds:.3f} s)"
-                )
+                raise BadAudio(rec.path, f"shorter than one frame ({self.spec.frame_seconds:.3f} s)")
             yield _FileEnd(task.rel, rec, task.size, task.mtime_ns)
         except BadAudio as e:
             yield _FileFailed(task.rel, e.reason)
@@ -259,14 +254,10 @@ class ClipStream(torch.utils.data.IterableDataset):
 
     @staticmethod
     def _batch(rel: str, clips: list, shift: torch.Tensor | None) -> _Clips:
-        x = torch.stack([c.logmel if shift is None else c.logmel - shift for c in clips]).unsqueeze(
-            1
-        )
+        x = torch.stack([c.logmel if shift is None else c.logmel - shift for c in clips]).unsqueeze(1)
         # numpy, so it is pickled through the worker's pipe: a tensor would go through shared
         # memory, whose pages the worker's RSS keeps counting as the file goes on
-        return _Clips(
-            rel, x.numpy(), [c.index for c in clips], clips[0].n_frames, [c.silent for c in clips]
-        )
+        return _Clips(rel, x.numpy(), [c.index for c in clips], clips[0].n_frames, [c.silent for c in clips])
 
 
 @dataclass
@@ -285,8 +276,14 @@ class FileResult:
 
     def entry(self) -> dict:
         """This file's line in the done-index: what it was when encoded, and its flags."""
-        return {"size": self.size, "mtime_ns": self.mtime_ns, "frames": self.frames,
-                "silent": self.silent, "truncated": self.truncated, "tail_s": round(self.tail_seconds, 6)}  # fmt: skip
+        return {
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "frames": self.frames,
+            "silent": self.silent,
+            "truncated": self.truncated,
+            "tail_s": round(self.tail_seconds, 6),
+        }
 
 
 @torch.inference_mode()
@@ -303,9 +300,7 @@ def encode_stream(
     for item in items:
         if isinstance(item, _Clips):
             x = torch.from_numpy(item.x).to(device).contiguous(memory_format=torch.channels_last)
-            mu, logvar = model.encode(
-                x
-            )  # (B, frames, D); channels-last: faster on CPU (bench/README.md)
+            mu, logvar = model.encode(x)  # (B, frames, D); channels-last: faster on CPU (bench/README.md)
             b, _, hops, mels = item.x.shape
             # the frame's mean log-mel per band: the no-learning baseline on the very same frames, free here
             band_means = item.x.reshape(b, hops // spec.frame_hops, spec.frame_hops, mels).mean(2)
@@ -343,13 +338,12 @@ def _file_result(
         "frame_offset_s": clip_a * spec.clip_seconds + frame_a * spec.frame_seconds,
         "silent": np.concatenate(silent),
     }
-    table = recording_table(rec, meta, np.concatenate(mus), np.concatenate(logvars), np.concatenate(logmels),
-                            schema, label_columns)  # fmt: skip
+    table = recording_table(
+        rec, meta, np.concatenate(mus), np.concatenate(logvars), np.concatenate(logmels), schema, label_columns
+    )
     promised = expected_frames(rec, spec)
     truncated = rec.truncated or (
-        f"header promises {promised} frames, audio gave {table.num_rows}"
-        if table.num_rows < promised
-        else None
+        f"header promises {promised} frames, audio gave {table.num_rows}" if table.num_rows < promised else None
     )
     return FileResult(
         rec.relpath,
@@ -631,16 +625,12 @@ def encode(
     schema = latents_schema(label_cols, model.cfg.latent_dim, spec.n_mels)
     identity = {
         "weights": _weights_digest(run_dir),
-        "offsets": {
-            k: np.round(np.asarray(v, float), 6).tolist() for k, v in (offsets or {}).items()
-        },
+        "offsets": {k: np.round(np.asarray(v, float), 6).tolist() for k, v in (offsets or {}).items()},
         "offset_column": offset_column,
     }
     layout = Layout(out)
     if out.is_file() and is_dataset(out):
-        raise RuntimeError(
-            f"{out} is a file; a dataset output is a folder (or name a .parquet file)"
-        )
+        raise RuntimeError(f"{out} is a file; a dataset output is a folder (or name a .parquet file)")
     with output_lock(layout):
         index = load_index(layout, schema, identity)
         layout.tmp.mkdir(parents=True, exist_ok=True)
@@ -655,8 +645,18 @@ def encode(
 
             encode_on_ray(job, tasks, summary, address=address, progress=progress)
         else:
-            _encode_local(job, model.to(device, memory_format=torch.channels_last), spec, tasks, summary,
-                          rows_per_part, commit_seconds, progress, workers, threads)  # fmt: skip
+            _encode_local(
+                job,
+                model.to(device, memory_format=torch.channels_last),
+                spec,
+                tasks,
+                summary,
+                rows_per_part,
+                commit_seconds,
+                progress,
+                workers,
+                threads,
+            )
         index = _finish(layout, schema, identity, drop)
         _account(summary, index, {p.relative_to(_base(root)).as_posix() for p in files})
         summary.wall_time_s = round(time.time() - t0, 3)
@@ -750,9 +750,13 @@ def _encode_local(
         torch.set_num_threads(threads)
     stream = ClipStream(tasks, job.root, spec, job.batch_size)
     loader = torch.utils.data.DataLoader(
-        stream, batch_size=None, num_workers=min(workers, len(tasks)), worker_init_fn=_worker_init,
-        pin_memory=job.device.startswith("cuda"), collate_fn=_as_is,
-    )  # fmt: skip
+        stream,
+        batch_size=None,
+        num_workers=min(workers, len(tasks)),
+        worker_init_fn=_worker_init,
+        pin_memory=job.device.startswith("cuda"),
+        collate_fn=_as_is,
+    )
     tables: list[pa.Table] = []
     entries: dict[str, dict] = {}
     last_commit = time.monotonic()
@@ -772,8 +776,7 @@ def _encode_local(
                 tables.append(result.table)
                 entries[result.rel] = result.entry()
                 # on frames (memory) and on time: a killed run loses minutes, not hours
-                if (sum(t.num_rows for t in tables) >= rows_per_part
-                        or time.monotonic() - last_commit >= commit_seconds):  # fmt: skip
+                if sum(t.num_rows for t in tables) >= rows_per_part or time.monotonic() - last_commit >= commit_seconds:
                     commit()
             advance(frames=summary.frames, skipped=len(summary.skipped))
     commit()

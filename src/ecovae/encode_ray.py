@@ -53,14 +53,18 @@ def encode_chunk(job: Job, tasks: list[FileTask]) -> list[FileResult]:
     results = list(encode_stream(model, stream, spec, job.schema, job.label_columns, job.device))
     done = [r for r in results if r.table is not None]
     if done:
-        write_part(job.layout.parts, job.layout.tmp, [r.table for r in done], {r.rel: r.entry() for r in done},
-                   job.schema, job.identity)  # fmt: skip
+        write_part(
+            job.layout.parts,
+            job.layout.tmp,
+            [r.table for r in done],
+            {r.rel: r.entry() for r in done},
+            job.schema,
+            job.identity,
+        )
     return [replace(r, table=None) for r in results]
 
 
-def chunks(
-    tasks: list[FileTask], n_chunks: int, max_bytes: int = 256 << 20
-) -> list[list[FileTask]]:
+def chunks(tasks: list[FileTask], n_chunks: int, max_bytes: int = 256 << 20) -> list[list[FileTask]]:
     """Consecutive files in about ``n_chunks`` groups of equal size on disk, each at most ~``max_bytes``."""
     total = sum(max(t.size, 1) for t in tasks)
     target = max(1, min(max_bytes, total // max(1, n_chunks)))
@@ -101,25 +105,17 @@ def encode_on_ray(
         if gpus_per_task is None:
             gpus_per_task = 1 if job.device.startswith("cuda") else 0
         slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_task))
-        work = chunks(
-            tasks, 4 * slots
-        )  # a few chunks per slot: balance, and little lost to a crash
-        remote = ray.remote(encode_chunk).options(
-            max_retries=1, num_cpus=cpus_per_task, num_gpus=gpus_per_task
-        )
+        work = chunks(tasks, 4 * slots)  # a few chunks per slot: balance, and little lost to a crash
+        remote = ray.remote(encode_chunk).options(max_retries=1, num_cpus=cpus_per_task, num_gpus=gpus_per_task)
         job_ref = ray.put(job)
         pending = {remote.remote(job_ref, chunk): chunk for chunk in work}
-        with file_progress(
-            len(tasks), f"Encoding on Ray ({slots} workers)", enabled=progress
-        ) as advance:
+        with file_progress(len(tasks), f"Encoding on Ray ({slots} workers)", enabled=progress) as advance:
             while pending:
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
                 chunk = pending.pop(ref)
                 try:
                     results = ray.get(ref)
-                except (
-                    ray.exceptions.RayError
-                ) as e:  # failed twice: report its files, go on with the rest
+                except ray.exceptions.RayError as e:  # failed twice: report its files, go on with the rest
                     reason = f"encoding task failed twice ({type(e).__name__})"
                     log.error("%s for %d files: %s", reason, len(chunk), e)
                     results = [FileResult(t.rel, skipped=reason) for t in chunk]

@@ -71,7 +71,9 @@ class Folds:
     dropped: dict[str, int] = field(default_factory=dict)  # classes with too few groups, left out
 
 
-def make_folds(meta: pd.DataFrame, target: str, group: str | None = None, n_splits: int = 5, seed: int = 0) -> tuple[Folds, np.ndarray]:
+def make_folds(
+    meta: pd.DataFrame, target: str, group: str | None = None, n_splits: int = 5, seed: int = 0
+) -> tuple[Folds, np.ndarray]:
     """Stratified folds of whole groups (default: each unit its own group).
 
     Returns the folds and the index of the units kept (those with a
@@ -81,8 +83,10 @@ def make_folds(meta: pd.DataFrame, target: str, group: str | None = None, n_spli
         raise ValueError(f"no label column {target!r}; the latents have {[c for c in meta.columns if c != 'path']}")
     group = group or ("unit" if "unit" in meta.columns else "path")
     if group not in meta.columns:
-        raise ValueError(f"no column {group!r} to group folds by: a label that is not the same for every frame "
-                         f"of a unit cannot group units; the units have {list(meta.columns)}")
+        raise ValueError(
+            f"no column {group!r} to group folds by: a label that is not the same for every frame "
+            f"of a unit cannot group units; the units have {list(meta.columns)}"
+        )
     labelled = meta[target].notna() & (meta[target].astype(str) != "")
     groups_per_class = meta[labelled].groupby(target)[group].nunique()
     small = groups_per_class[groups_per_class < 2]
@@ -154,15 +158,23 @@ def _align(units: Units, others: dict[str, Units]) -> tuple[Units, dict[str, Uni
     def take(u: Units) -> Units:
         pos = {k: i for i, k in enumerate(u.meta["unit"])}
         idx = [pos[k] for k in units.meta["unit"] if k in common]
-        return Units([u.frames[i] for i in idx], u.meta.iloc[idx].reset_index(drop=True), u.latent_dim, u.features,
-                     u.unplaced)
+        return Units(
+            [u.frames[i] for i in idx], u.meta.iloc[idx].reset_index(drop=True), u.latent_dim, u.features, u.unplaced
+        )
 
     return take(units), {k: take(v) for k, v in others.items()}, left_out
 
 
 def evaluate_descriptors(
-    units: Units, target: str, group: str | None = None, kinds=DESCRIPTORS, n_splits: int = 5, seed: int = 0,
-    features: dict[str, Units] | None = None, classifier_names: Sequence[str] | None = None, unit: str = "recording",
+    units: Units,
+    target: str,
+    group: str | None = None,
+    kinds=DESCRIPTORS,
+    n_splits: int = 5,
+    seed: int = 0,
+    features: dict[str, Units] | None = None,
+    classifier_names: Sequence[str] | None = None,
+    unit: str = "recording",
 ) -> Evaluation:
     """Cross-validate every feature set x descriptor kind x classifier on the same grouped folds.
 
@@ -191,28 +203,58 @@ def evaluate_descriptors(
                     proba[np.ix_(te, cols)] = model.predict_proba([X[i] for i in te])
                     fold_of[te] = f
                     pred = np.array(classes)[proba[te].argmax(1)]
-                    fold_rows.append({**key, "fold": f, "n_test": len(te), **_scores(folds.y[te], pred, proba[te], classes)})
+                    fold_rows.append(
+                        {**key, "fold": f, "n_test": len(te), **_scores(folds.y[te], pred, proba[te], classes)}
+                    )
                 pred = np.array(classes)[proba.argmax(1)]
-                per_fold = pd.DataFrame(fold_rows[-len(folds.splits):])
+                per_fold = pd.DataFrame(fold_rows[-len(folds.splits) :])
                 row = {**key, **_scores(folds.y, pred, proba, classes)}
                 for m in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc"):
                     row[f"{m}_fold_mean"] = per_fold[m].mean()
                     row[f"{m}_fold_sd"] = per_fold[m].std(ddof=1) if len(per_fold) > 1 else np.nan
                 rows.append(row)
                 p, r, f1, support = precision_recall_fscore_support(folds.y, pred, labels=classes, zero_division=0)
-                class_rows += [{**key, "class": c, "precision": p[i], "recall": r[i], "f1": f1[i],
-                                "support": int(support[i])} for i, c in enumerate(classes)]  # fmt: skip
+                class_rows += [
+                    {**key, "class": c, "precision": p[i], "recall": r[i], "f1": f1[i], "support": int(support[i])}
+                    for i, c in enumerate(classes)
+                ]
                 confusion[(feats, kind, clf_name)] = confusion_matrix(folds.y, pred, labels=classes)
-                pred_rows.append(pd.DataFrame({**key, "unit": names, "fold": fold_of, "true": folds.y, "predicted": pred,
-                                               **{f"p_{c}": proba[:, i] for i, c in enumerate(classes)}}))  # fmt: skip
+                pred_rows.append(
+                    pd.DataFrame(
+                        {
+                            **key,
+                            "unit": names,
+                            "fold": fold_of,
+                            "true": folds.y,
+                            "predicted": pred,
+                            **{f"p_{c}": proba[:, i] for i, c in enumerate(classes)},
+                        }
+                    )
+                )
     counts = pd.Series(folds.y).value_counts()
-    chance = {"balanced_accuracy": 1 / len(classes), "accuracy": float(counts.max() / counts.sum()),
-              "macro_f1": float(np.mean([1 / len(classes)] * len(classes))), "roc_auc": 0.5}  # fmt: skip
+    chance = {
+        "balanced_accuracy": 1 / len(classes),
+        "accuracy": float(counts.max() / counts.sum()),
+        "macro_f1": float(np.mean([1 / len(classes)] * len(classes))),
+        "roc_auc": 0.5,
+    }
     return Evaluation(
-        target, folds.group, classes, pd.DataFrame(rows), pd.DataFrame(fold_rows), pd.DataFrame(class_rows),
-        confusion, pd.concat(pred_rows, ignore_index=True), chance, len(keep), len(folds.splits), folds.dropped,
-        unit, left_out, dict(units.unplaced),
-    )  # fmt: skip
+        target,
+        folds.group,
+        classes,
+        pd.DataFrame(rows),
+        pd.DataFrame(fold_rows),
+        pd.DataFrame(class_rows),
+        confusion,
+        pd.concat(pred_rows, ignore_index=True),
+        chance,
+        len(keep),
+        len(folds.splits),
+        folds.dropped,
+        unit,
+        left_out,
+        dict(units.unplaced),
+    )
 
 
 FEATURE_SETS = {
@@ -234,9 +276,13 @@ def verdict(summary: pd.DataFrame, ours: str = "vae") -> dict:
     top = best.iloc[0]
 
     def row(r) -> dict:
-        return {"features": r["features"], "descriptor": r["descriptor"], "classifier": r["classifier"],
-                "balanced_accuracy": float(r["balanced_accuracy"]),
-                "fold_sd": float(r["balanced_accuracy_fold_sd"])}  # fmt: skip
+        return {
+            "features": r["features"],
+            "descriptor": r["descriptor"],
+            "classifier": r["classifier"],
+            "balanced_accuracy": float(r["balanced_accuracy"]),
+            "fold_sd": float(r["balanced_accuracy_fold_sd"]),
+        }
 
     out = {"best": row(top)}
     mine = best[best["features"] == ours]
@@ -250,8 +296,9 @@ def verdict(summary: pd.DataFrame, ours: str = "vae") -> dict:
     return out
 
 
-def write_evaluation(ev: Evaluation, out: Path | str, latents: Path | str | None = None,
-                     notes: dict[str, str] | None = None) -> Path:  # fmt: skip
+def write_evaluation(
+    ev: Evaluation, out: Path | str, latents: Path | str | None = None, notes: dict[str, str] | None = None
+) -> Path:
     """metrics.csv, per_fold.csv, per_class.csv, predictions.parquet, confusion_*.csv, evaluation.json;
     confusion matrix pictures for the best row of each feature set."""
     from ecovae import plots
@@ -262,12 +309,18 @@ def write_evaluation(ev: Evaluation, out: Path | str, latents: Path | str | None
     ev.per_fold.to_csv(out / "per_fold.csv", index=False)
     ev.per_class.to_csv(out / "per_class.csv", index=False)
     ev.predictions.to_parquet(out / "predictions.parquet", index=False)
-    best = ev.summary.sort_values("balanced_accuracy", ascending=False, kind="stable").groupby("features", sort=False).head(1)
+    best = (
+        ev.summary.sort_values("balanced_accuracy", ascending=False, kind="stable")
+        .groupby("features", sort=False)
+        .head(1)
+    )
     pictured = set(zip(best["features"], best["descriptor"], best["classifier"], strict=True))
     images = {}
     for (feats, kind, clf), cm in ev.confusion.items():
         stem = f"confusion_{feats}_{kind}_{clf}"
-        pd.DataFrame(cm, index=ev.classes, columns=ev.classes).rename_axis("true \\ predicted").to_csv(out / f"{stem}.csv")
+        pd.DataFrame(cm, index=ev.classes, columns=ev.classes).rename_axis("true \\ predicted").to_csv(
+            out / f"{stem}.csv"
+        )
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         pd.DataFrame(norm, index=ev.classes, columns=ev.classes).rename_axis("true \\ predicted").to_csv(
             out / f"{stem}_normalised.csv"
@@ -276,13 +329,21 @@ def write_evaluation(ev: Evaluation, out: Path | str, latents: Path | str | None
             plots.confusion(cm, ev.classes, f"{ev.target}: {feats} {kind} / {clf}", out / f"{stem}.png")
             images[f"{feats} {kind} / {clf}"] = f"{stem}.png"
     info = {
-        "latents": str(Path(latents).resolve()) if latents else None, "target": ev.target, "unit": ev.unit,
-        "group": ev.group, "classes": ev.classes, "n_units": ev.n_units, "n_folds": ev.n_folds, "chance": ev.chance,
+        "latents": str(Path(latents).resolve()) if latents else None,
+        "target": ev.target,
+        "unit": ev.unit,
+        "group": ev.group,
+        "classes": ev.classes,
+        "n_units": ev.n_units,
+        "n_folds": ev.n_folds,
+        "chance": ev.chance,
         "feature_sets": {k: FEATURE_SETS.get(k, k) + (notes or {}).get(k, "") for k in ev.summary["features"].unique()},
         "descriptors": {k: DESCRIPTOR_TEXT.get(k, k) for k in ev.summary["descriptor"].unique()},
-        "dropped_classes": ev.dropped, "left_out_units": ev.left_out_units, "confusion_images": images,
+        "dropped_classes": ev.dropped,
+        "left_out_units": ev.left_out_units,
+        "confusion_images": images,
         "frames_without_time": {"frames": sum(ev.unplaced.values()), "recordings": sorted(ev.unplaced)},
         **verdict(ev.summary),
-    }  # fmt: skip
+    }
     (out / "evaluation.json").write_text(json.dumps(info, indent=2, default=float) + "\n")
     return out

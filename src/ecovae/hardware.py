@@ -104,8 +104,16 @@ def _logreg():
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, class_weight="balanced"))
 
 
-def hardware_check(model: SoundscapeVAE, spec: SpectrogramConfig, root: Path, labels_csv: Path | None,
-                   recorder: str, target: str, n_splits: int = 5, seed: int = 0) -> dict:  # fmt: skip
+def hardware_check(
+    model: SoundscapeVAE,
+    spec: SpectrogramConfig,
+    root: Path,
+    labels_csv: Path | None,
+    recorder: str,
+    target: str,
+    n_splits: int = 5,
+    seed: int = 0,
+) -> dict:
     """Balanced accuracy of predicting ``recorder`` and ``target`` from moments descriptors, without and with correction."""
     import pandas as pd
 
@@ -123,7 +131,10 @@ def hardware_check(model: SoundscapeVAE, spec: SpectrogramConfig, root: Path, la
     clips = [clips[i] for i in keep]
     spectra = spectra[keep]
     plain = _moments(model, clips, None)
-    pred = {k: np.empty(len(y), dtype=object) for k in ("recorder_plain", "target_plain", "recorder_corrected", "target_corrected")}
+    pred = {
+        k: np.empty(len(y), dtype=object)
+        for k in ("recorder_plain", "target_plain", "recorder_corrected", "target_corrected")
+    }
     for tr, te in folds.splits:
         corr = RecorderOffsets().fit(spectra[tr], rec[tr])
         corrected = _moments(model, clips, [corr.offset(r) for r in rec])
@@ -132,11 +143,19 @@ def hardware_check(model: SoundscapeVAE, spec: SpectrogramConfig, root: Path, la
             pred[f"target_{name}"][te] = _logreg().fit(X[tr], y[tr]).predict(X[te])
     full = RecorderOffsets().fit(spectra, rec)
     return {
-        "recorder_column": recorder, "target": target, "n_recordings": len(y), "n_folds": len(folds.splits),
-        "recorder_balanced_accuracy": {"without": balanced_accuracy_score(rec, pred["recorder_plain"].astype(str)),
-                                       "with": balanced_accuracy_score(rec, pred["recorder_corrected"].astype(str))},
-        "target_balanced_accuracy": {"without": balanced_accuracy_score(y, pred["target_plain"].astype(str)),
-                                     "with": balanced_accuracy_score(y, pred["target_corrected"].astype(str))},
-        "recorder_chance": 1 / len(set(rec)), "target_chance": 1 / len(set(y)),
+        "recorder_column": recorder,
+        "target": target,
+        "n_recordings": len(y),
+        "n_folds": len(folds.splits),
+        "recorder_balanced_accuracy": {
+            "without": balanced_accuracy_score(rec, pred["recorder_plain"].astype(str)),
+            "with": balanced_accuracy_score(rec, pred["recorder_corrected"].astype(str)),
+        },
+        "target_balanced_accuracy": {
+            "without": balanced_accuracy_score(y, pred["target_plain"].astype(str)),
+            "with": balanced_accuracy_score(y, pred["target_corrected"].astype(str)),
+        },
+        "recorder_chance": 1 / len(set(rec)),
+        "target_chance": 1 / len(set(y)),
         "offsets": {r: o.tolist() for r, o in full.offsets_.items()},
-    }  # fmt: skip
+    }

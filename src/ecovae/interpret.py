@@ -75,8 +75,15 @@ def first_clip(rec_path: Path, root: Path, spec: SpectrogramConfig, max_frames: 
 
 
 @torch.no_grad()
-def reconstruction_metrics(model: SoundscapeVAE, root: Path, paths: list[str], spec: SpectrogramConfig,
-                           out: Path, n_images: int = 3, seed: int = 0) -> dict:  # fmt: skip
+def reconstruction_metrics(
+    model: SoundscapeVAE,
+    root: Path,
+    paths: list[str],
+    spec: SpectrogramConfig,
+    out: Path,
+    n_images: int = 3,
+    seed: int = 0,
+) -> dict:
     """Per-pixel MSE and MAE, Gaussian log-likelihood, KL and negative ELBO per frame on held-out recordings."""
     torch.manual_seed(seed)
     totals, frames, images = {}, 0, []
@@ -104,10 +111,15 @@ def reconstruction_metrics(model: SoundscapeVAE, root: Path, paths: list[str], s
         return {"frames": 0, "images": []}
     m = {k: v / frames for k, v in totals.items()}
     return {
-        "recordings": len(paths), "frames": frames, "mse_per_pixel": m["mse"], "mae_per_pixel": m["mae"],
-        "gaussian_log_likelihood_per_frame": -m["recon_nll"], "kl_per_frame": m["kl"],
-        "neg_elbo_per_frame": m["neg_elbo"], "images": images,
-    }  # fmt: skip
+        "recordings": len(paths),
+        "frames": frames,
+        "mse_per_pixel": m["mse"],
+        "mae_per_pixel": m["mae"],
+        "gaussian_log_likelihood_per_frame": -m["recon_nll"],
+        "kl_per_frame": m["kl"],
+        "neg_elbo_per_frame": m["neg_elbo"],
+        "images": images,
+    }
 
 
 # --------------------------------------------------------------------------- saliency
@@ -127,8 +139,14 @@ class ClassScore(torch.nn.Module):
         return mu.mean(1) @ self.w + self.b  # (B,)
 
 
-def saliency_maps(model: SoundscapeVAE, x: torch.Tensor, score: LinearScore, ig_steps: int = 16,
-                  smooth_samples: int = 8, seed: int = 0) -> dict[str, np.ndarray]:  # fmt: skip
+def saliency_maps(
+    model: SoundscapeVAE,
+    x: torch.Tensor,
+    score: LinearScore,
+    ig_steps: int = 16,
+    smooth_samples: int = 8,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """Integrated gradients (baseline: digital silence) averaged over noisy copies of the input (SmoothGrad,
     Captum's NoiseTunnel: the speckle of one gradient averages out), and gradient x input; each (hops, mels)."""
     from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel
@@ -139,11 +157,20 @@ def saliency_maps(model: SoundscapeVAE, x: torch.Tensor, score: LinearScore, ig_
     baseline = torch.full_like(inp, float(np.log(SpectrogramConfig().log_floor)))
     noise = 0.15 * float(x.std())  # a few percent of the log-mel's range
     ig = NoiseTunnel(IntegratedGradients(f)).attribute(
-        inp, baselines=baseline, n_steps=ig_steps, internal_batch_size=8, nt_type="smoothgrad",
-        nt_samples=smooth_samples, nt_samples_batch_size=1, stdevs=noise,
-    )  # fmt: skip
+        inp,
+        baselines=baseline,
+        n_steps=ig_steps,
+        internal_batch_size=8,
+        nt_type="smoothgrad",
+        nt_samples=smooth_samples,
+        nt_samples_batch_size=1,
+        stdevs=noise,
+    )
     gxi = InputXGradient(f).attribute(inp)
-    return {"integrated gradients (SmoothGrad)": ig[0, 0].detach().numpy(), "gradient x input": gxi[0, 0].detach().numpy()}
+    return {
+        "integrated gradients (SmoothGrad)": ig[0, 0].detach().numpy(),
+        "gradient x input": gxi[0, 0].detach().numpy(),
+    }
 
 
 def coarse_grid(attribution: np.ndarray, spec: SpectrogramConfig) -> np.ndarray:
@@ -176,7 +203,9 @@ class Walk:
 WALK_PROBABILITIES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
-def walk_points(score: LinearScore, start: np.ndarray, probabilities=WALK_PROBABILITIES) -> tuple[np.ndarray, np.ndarray]:
+def walk_points(
+    score: LinearScore, start: np.ndarray, probabilities=WALK_PROBABILITIES
+) -> tuple[np.ndarray, np.ndarray]:
     """Distances along the score's unit normal, and the points, where p = sigmoid(score) takes each
     requested value beyond the start's own (the start comes first). The score is linear: exact."""
     norm = float(np.linalg.norm(score.w))
@@ -188,8 +217,15 @@ def walk_points(score: LinearScore, start: np.ndarray, probabilities=WALK_PROBAB
 
 
 @torch.no_grad()
-def boundary_walk(model: SoundscapeVAE, z: np.ndarray, y: np.ndarray, class_a: str, class_b: str,
-                  probabilities=WALK_PROBABILITIES, frames: int = 2) -> Walk:  # fmt: skip
+def boundary_walk(
+    model: SoundscapeVAE,
+    z: np.ndarray,
+    y: np.ndarray,
+    class_a: str,
+    class_b: str,
+    probabilities=WALK_PROBABILITIES,
+    frames: int = 2,
+) -> Walk:
     """Walk from class A's mean latent along the A-vs-B hyperplane's unit normal until the classifier
     gives class B each requested probability (to 0.9: confident on the other side); decode each step."""
     pair = np.isin(y, [class_a, class_b])
@@ -207,8 +243,11 @@ def band_change(walk: Walk, spec: SpectrogramConfig) -> tuple[np.ndarray, dict[s
 
     per_mel = walk.differences[-1].mean(0) * DB_PER_NEPER
     freqs = mel_frequencies(spec)
-    coarse = {name: float(per_mel[(freqs >= lo) & (freqs < hi)].mean()) for name, (lo, hi) in BANDS.items()
-              if ((freqs >= lo) & (freqs < hi)).any()}  # fmt: skip
+    coarse = {
+        name: float(per_mel[(freqs >= lo) & (freqs < hi)].mean())
+        for name, (lo, hi) in BANDS.items()
+        if ((freqs >= lo) & (freqs < hi)).any()
+    }
     return per_mel, coarse
 
 
@@ -219,12 +258,25 @@ def mel_to_audio(logmel: np.ndarray, spec: SpectrogramConfig, n_iter: int = 32, 
     import librosa
 
     magnitude = np.exp(np.asarray(logmel, np.float64).T)  # (mels, hops): the mel of the STFT magnitude
-    stft = librosa.feature.inverse.mel_to_stft(magnitude, sr=spec.sample_rate, n_fft=spec.n_fft, power=1.0,
-                                               fmin=spec.f_min, fmax=min(spec.f_max, spec.sample_rate / 2))  # fmt: skip
+    stft = librosa.feature.inverse.mel_to_stft(
+        magnitude,
+        sr=spec.sample_rate,
+        n_fft=spec.n_fft,
+        power=1.0,
+        fmin=spec.f_min,
+        fmax=min(spec.f_max, spec.sample_rate / 2),
+    )
     stft = np.concatenate([stft, stft[:, -1:]], 1)  # librosa's centred frames: one more than our n // hop
-    audio = librosa.griffinlim(stft, n_iter=n_iter, hop_length=spec.hop_length, win_length=spec.win_length,
-                               window="hann", center=True, length=logmel.shape[0] * spec.hop_length,
-                               random_state=seed)  # fmt: skip
+    audio = librosa.griffinlim(
+        stft,
+        n_iter=n_iter,
+        hop_length=spec.hop_length,
+        win_length=spec.win_length,
+        window="hann",
+        center=True,
+        length=logmel.shape[0] * spec.hop_length,
+        random_state=seed,
+    )
     return np.nan_to_num(audio).astype(np.float32)
 
 
@@ -249,8 +301,9 @@ def write_walk_audio(walk: Walk, spec: SpectrogramConfig, out: Path, rate: int =
 # --------------------------------------------------------------------------- projections
 
 
-def projections(features: np.ndarray, meta: pd.DataFrame, out: Path, label_columns: list[str], seed: int = 0,
-                max_labels: int = 6) -> list[dict]:  # fmt: skip
+def projections(
+    features: np.ndarray, meta: pd.DataFrame, out: Path, label_columns: list[str], seed: int = 0, max_labels: int = 6
+) -> list[dict]:
     """PCA and UMAP of the features, one figure per method and label (the first ``max_labels`` with 2-12 values)."""
     from sklearn.decomposition import PCA
 
@@ -274,9 +327,18 @@ def projections(features: np.ndarray, meta: pd.DataFrame, out: Path, label_colum
 # --------------------------------------------------------------------------- all of it
 
 
-def interpret(recs: Units, model: SoundscapeVAE, spec: SpectrogramConfig, root: Path, target: str, out: Path,
-              run_info: dict | None = None, recording: str | None = None, classes: tuple[str, str] | None = None,
-              seed: int = 0) -> dict:  # fmt: skip
+def interpret(
+    recs: Units,
+    model: SoundscapeVAE,
+    spec: SpectrogramConfig,
+    root: Path,
+    target: str,
+    out: Path,
+    run_info: dict | None = None,
+    recording: str | None = None,
+    classes: tuple[str, str] | None = None,
+    seed: int = 0,
+) -> dict:
     """Write every interpretation figure into ``out`` and return (and save) interpretation.json."""
     out.mkdir(parents=True, exist_ok=True)
     meta = recs.meta
@@ -303,29 +365,57 @@ def interpret(recs: Units, model: SoundscapeVAE, spec: SpectrogramConfig, root: 
     maps = saliency_maps(model, x, score)
     grid = coarse_grid(maps["integrated gradients (SmoothGrad)"], spec)
     plots.saliency(x.numpy(), maps, f"{chosen}: what raises the score of {target} = {class_b}", out / "saliency.png")
-    plots.saliency_grid(grid, list(BANDS), spec.frame_seconds, f"{chosen}: attribution per frame and band",
-                        out / "saliency_grid.png")  # fmt: skip
-    np.savez_compressed(out / "saliency.npz", input=x.numpy(), grid=grid,
-                        **{k.replace(" ", "_"): v for k, v in maps.items()})  # fmt: skip
-    info["saliency"] = {"recording": chosen, "class": class_b, "image": "saliency.png", "grid_image": "saliency_grid.png",
-                        "probability": float(1 / (1 + np.exp(-score(z[of_b]).max()))) if recording is None else None,
-                        "grid": {band: grid[:, i].tolist() for i, band in enumerate(BANDS)},
-                        "methods": list(maps), "finite": bool(all(np.isfinite(m).all() for m in maps.values()))}  # fmt: skip
+    plots.saliency_grid(
+        grid, list(BANDS), spec.frame_seconds, f"{chosen}: attribution per frame and band", out / "saliency_grid.png"
+    )
+    np.savez_compressed(
+        out / "saliency.npz", input=x.numpy(), grid=grid, **{k.replace(" ", "_"): v for k, v in maps.items()}
+    )
+    info["saliency"] = {
+        "recording": chosen,
+        "class": class_b,
+        "image": "saliency.png",
+        "grid_image": "saliency_grid.png",
+        "probability": float(1 / (1 + np.exp(-score(z[of_b]).max()))) if recording is None else None,
+        "grid": {band: grid[:, i].tolist() for i, band in enumerate(BANDS)},
+        "methods": list(maps),
+        "finite": bool(all(np.isfinite(m).all() for m in maps.values())),
+    }
 
     walk = boundary_walk(model, z[labelled], y[labelled], class_a, class_b)
     per_mel, coarse = band_change(walk, spec)
-    plots.boundary_walk(walk.spectrograms, walk.differences, walk.probabilities,
-                        f"{target}: from the mean of {class_a} across the boundary to {class_b}", class_b,
-                        out / "boundary_walk.png")  # fmt: skip
-    plots.band_change(per_mel, coarse, BANDS, f"change from p({class_b})={walk.probabilities[0]:.2f} to "
-                      f"{walk.probabilities[-1]:.2f}", out / "boundary_walk_bands.png")  # fmt: skip
+    plots.boundary_walk(
+        walk.spectrograms,
+        walk.differences,
+        walk.probabilities,
+        f"{target}: from the mean of {class_a} across the boundary to {class_b}",
+        class_b,
+        out / "boundary_walk.png",
+    )
+    plots.band_change(
+        per_mel,
+        coarse,
+        BANDS,
+        f"change from p({class_b})={walk.probabilities[0]:.2f} to {walk.probabilities[-1]:.2f}",
+        out / "boundary_walk_bands.png",
+    )
     sounds = write_walk_audio(walk, spec, out)
-    info["boundary_walk"] = {"from": class_a, "to": class_b, "steps": walk.steps, "probabilities": walk.probabilities,
-                             "image": "boundary_walk.png", "bands_image": "boundary_walk_bands.png",
-                             "band_change_db": coarse, "audio": sounds}  # fmt: skip
+    info["boundary_walk"] = {
+        "from": class_a,
+        "to": class_b,
+        "steps": walk.steps,
+        "probabilities": walk.probabilities,
+        "image": "boundary_walk.png",
+        "bands_image": "boundary_walk_bands.png",
+        "band_change_db": coarse,
+        "audio": sounds,
+    }
 
-    label_cols = [c for c in meta.columns if c not in ("unit", "path", "first_recording", "start_time", "window_start",
-                                                       "n_frames", "n_recordings")]  # fmt: skip
+    label_cols = [
+        c
+        for c in meta.columns
+        if c not in ("unit", "path", "first_recording", "start_time", "window_start", "n_frames", "n_recordings")
+    ]
     moments = MixtureMoments().fit_transform(recs.frames)
     info["projections"] = projections(moments, meta, out, [target] + [c for c in label_cols if c != target], seed)
     (out / "interpretation.json").write_text(json.dumps(info, indent=2, default=float) + "\n")

@@ -9,9 +9,17 @@ while encoding, so analysis never decodes the audio again for it).
 from __future__ import annotations
 
 RESERVED = (
-    "path", "start_time", "frame_time", "source_sample_rate", "source_channels", "clip_index",
-    "frame_index", "frame_in_recording", "frame_offset_s", "silent",
-)  # fmt: skip
+    "path",
+    "start_time",
+    "frame_time",
+    "source_sample_rate",
+    "source_channels",
+    "clip_index",
+    "frame_index",
+    "frame_in_recording",
+    "frame_offset_s",
+    "silent",
+)
 
 # Per-frame feature sets: name -> (value prefix, log-variance prefix or None for point values).
 FEATURE_SETS = {"vae": ("mu_", "logvar_"), "logmel": ("logmel_", None)}

@@ -217,9 +217,7 @@ class SoundscapeVAE(nn.Module):
         # standardised input, the likelihood is on the log-mel scale itself.
         self.register_buffer("input_mean", torch.zeros(cfg.n_mels))
         self.register_buffer("input_std", torch.ones(cfg.n_mels))
-        self.log_sigma = nn.Parameter(
-            torch.tensor(math.log(cfg.decoder_sigma)), requires_grad=cfg.learn_decoder_sigma
-        )
+        self.log_sigma = nn.Parameter(torch.tensor(math.log(cfg.decoder_sigma)), requires_grad=cfg.learn_decoder_sigma)
 
     # x: (B, 1, T, F) log-mel with T a whole number of frames
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,8 +29,15 @@ def confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -> Pat
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=8,
-                    color="white" if norm[i, j] > 0.6 else "black")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{norm[i, j]:.0%}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if norm[i, j] > 0.6 else "black",
+            )
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
@@ -61,7 +68,9 @@ def reconstruction(x: np.ndarray, recon: np.ndarray, title: str, path: Path) -> 
         fig.colorbar(_spec_axes(ax, arr, name, vmin=lo, vmax=hi), ax=ax)
     err = recon - x
     lim = np.percentile(np.abs(err), 99)
-    fig.colorbar(_spec_axes(axes[2], err, "error (reconstruction - input)", cmap="RdBu_r", vmin=-lim, vmax=lim), ax=axes[2])
+    fig.colorbar(
+        _spec_axes(axes[2], err, "error (reconstruction - input)", cmap="RdBu_r", vmin=-lim, vmax=lim), ax=axes[2]
+    )
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
@@ -74,16 +83,25 @@ def saliency(x: np.ndarray, maps: dict[str, np.ndarray], title: str, path: Path)
         lim = np.percentile(np.abs(m), 99.5) or 1.0
         _spec_axes(ax, x, name, cmap="gray")
         seconds = m.shape[0] * SPEC.hop_length / SPEC.sample_rate
-        im = ax.imshow(m.T, origin="lower", aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, alpha=0.75,
-                       extent=[0, seconds, 0, m.shape[1]])  # fmt: skip
+        im = ax.imshow(
+            m.T,
+            origin="lower",
+            aspect="auto",
+            cmap="RdBu_r",
+            vmin=-lim,
+            vmax=lim,
+            alpha=0.75,
+            extent=[0, seconds, 0, m.shape[1]],
+        )
         fig.colorbar(im, ax=ax, label="attribution")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def boundary_walk(specs: list[np.ndarray], diffs: list[np.ndarray], probs: list[float], title: str, class_b: str,
-                  path: Path) -> Path:  # fmt: skip
+def boundary_walk(
+    specs: list[np.ndarray], diffs: list[np.ndarray], probs: list[float], title: str, class_b: str, path: Path
+) -> Path:
     """Decoded spectrograms along the walk (top) and each one's difference from the start (bottom, dB),
     each with the classifier's probability of ``class_b``."""
     n = len(specs)
@@ -92,7 +110,9 @@ def boundary_walk(specs: list[np.ndarray], diffs: list[np.ndarray], probs: list[
     db = 20 / np.log(10)
     lim = max(float(np.percentile(np.abs(np.concatenate(diffs)) * db, 99.5)), 1e-3)
     for i in range(n):
-        _spec_axes(axes[0, i], specs[i], ("start: " if i == 0 else "") + f"p({class_b})={probs[i]:.2f}", vmin=lo, vmax=hi)
+        _spec_axes(
+            axes[0, i], specs[i], ("start: " if i == 0 else "") + f"p({class_b})={probs[i]:.2f}", vmin=lo, vmax=hi
+        )
         im = _spec_axes(axes[1, i], diffs[i] * db, "difference from start", cmap="RdBu_r", vmin=-lim, vmax=lim)
         axes[0, i].set_xlabel("")
         axes[1, i].set_xlabel("s")
@@ -113,8 +133,14 @@ def band_change(per_mel_db: np.ndarray, coarse: dict[str, float], bands: dict, t
     for k, (name, (lo, hi)) in enumerate(bands.items()):
         if name in coarse:
             ax.axvspan(max(lo, freqs[0]), min(hi, freqs[-1]), color=("#eef" if k % 2 else "#efe"), zorder=0)
-            ax.text(np.sqrt(max(lo, freqs[0]) * min(hi, freqs[-1])), ax.get_ylim()[1], f"{name}\n{coarse[name]:+.1f} dB",
-                    ha="center", va="top", fontsize=8)  # fmt: skip
+            ax.text(
+                np.sqrt(max(lo, freqs[0]) * min(hi, freqs[-1])),
+                ax.get_ylim()[1],
+                f"{name}\n{coarse[name]:+.1f} dB",
+                ha="center",
+                va="top",
+                fontsize=8,
+            )
     ax.set_xscale("log")
     ax.set_xlabel("frequency (Hz)")
     ax.set_ylabel("change (dB, mean over time)")
@@ -128,7 +154,9 @@ def saliency_grid(grid: np.ndarray, bands: list[str], frame_seconds: float, titl
     lim = float(np.abs(grid).max()) or 1.0
     im = ax.imshow(grid.T, origin="lower", aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
     for (t, b), v in np.ndenumerate(grid):
-        ax.text(t, b, f"{v:.2g}", ha="center", va="center", fontsize=7, color="white" if abs(v) > 0.6 * lim else "black")
+        ax.text(
+            t, b, f"{v:.2g}", ha="center", va="center", fontsize=7, color="white" if abs(v) > 0.6 * lim else "black"
+        )
     ax.set_yticks(range(len(bands)), bands)
     ax.set_xticks(range(grid.shape[0]), [f"{t * frame_seconds:.1f}" for t in range(grid.shape[0])])
     ax.set_xlabel("frame start (s)")

@@ -132,9 +132,13 @@ class DielProfile:
     rush_strength: float = 1.0
 
     def as_labels(self) -> dict[str, str]:
-        return {"dawn_hour": f"{self.dawn_hour:.2f}", "dawn_strength": f"{self.dawn_strength:.2f}",
-                "day_activity": f"{self.day_activity:.2f}", "night_insects_db": f"{self.night_insects_db:.1f}",
-                "rush_hours": "/".join(f"{h:.1f}" for h in self.traffic_peaks)}  # fmt: skip
+        return {
+            "dawn_hour": f"{self.dawn_hour:.2f}",
+            "dawn_strength": f"{self.dawn_strength:.2f}",
+            "day_activity": f"{self.day_activity:.2f}",
+            "night_insects_db": f"{self.night_insects_db:.1f}",
+            "rush_hours": "/".join(f"{h:.1f}" for h in self.traffic_peaks),
+        }
 
 
 def site_profile(rng: np.random.Generator) -> DielProfile:
@@ -344,7 +348,9 @@ def simulate_recording(
     frogs_heard = False
     for frog in species["frogs"]:
         if night and rng.random() < 0.8:
-            x += _db(rng.uniform(-36, -26) + profile.night_insects_db) * frog_chorus(rng, frog, n, int(rng.integers(3, 9)))
+            x += _db(rng.uniform(-36, -26) + profile.night_insects_db) * frog_chorus(
+                rng, frog, n, int(rng.integers(3, 9))
+            )
             frogs_heard = True
     present["frogs"] = frogs_heard
 
@@ -379,10 +385,30 @@ def site_species(rng: np.random.Generator, degradation: float) -> dict[str, list
 
 
 LABEL_COLUMNS = (
-    "site", "habitat", "degradation", "recorder", "recorder_model", "recorded_at", "date", "hour",
-    "diel_period", "day_night", "birds", "insects", "frogs", "rain", "wind", "traffic",
-    "aircraft", "species", "dawn_hour", "dawn_strength", "day_activity", "night_insects_db", "rush_hours",
-)  # fmt: skip
+    "site",
+    "habitat",
+    "degradation",
+    "recorder",
+    "recorder_model",
+    "recorded_at",
+    "date",
+    "hour",
+    "diel_period",
+    "day_night",
+    "birds",
+    "insects",
+    "frogs",
+    "rain",
+    "wind",
+    "traffic",
+    "aircraft",
+    "species",
+    "dawn_hour",
+    "dawn_strength",
+    "day_activity",
+    "night_insects_db",
+    "rush_hours",
+)
 
 
 def _write_recording(job: dict) -> dict[str, bool]:
@@ -438,8 +464,18 @@ def simulate_survey(
                     start = start_date + timedelta(days=d, hours=hour)
                     rel = f"{site}/{recorder}/{start:%Y%m%d_%H%M%S}.WAV"
                     (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                    jobs.append({"path": out / rel, "seed": next(file_seqs), "duration_s": duration_s, "hour": hour,
-                                 "degradation": degradation, "species": species, "model": model, "profile": profile})  # fmt: skip
+                    jobs.append(
+                        {
+                            "path": out / rel,
+                            "seed": next(file_seqs),
+                            "duration_s": duration_s,
+                            "hour": hour,
+                            "degradation": degradation,
+                            "species": species,
+                            "model": model,
+                            "profile": profile,
+                        }
+                    )
                     rows.append(
                         {
                             "path": rel,

@@ -57,9 +57,7 @@ def _mel_filters(cfg: SpectrogramConfig) -> torch.Tensor:
     import librosa  # heavy import, only where the filters are built
 
     f_max = min(cfg.f_max, cfg.sample_rate / 2)  # clamp to Nyquist for a low target rate
-    fb = librosa.filters.mel(
-        sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=f_max
-    )
+    fb = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=f_max)
     return torch.from_numpy(fb.astype(np.float32))  # (mels, n_fft // 2 + 1)
 
 

@@ -70,21 +70,40 @@ class TrainConfig:
 TRAIN_PRESETS = {
     "full": TrainConfig(),
     "tiny": TrainConfig(
-        preset="tiny", max_steps=300, batch_size=8, window_frames=2, learning_rate=3e-3,
-        checkpoint_every=100, val_every=100,
-    ),  # fmt: skip
+        preset="tiny",
+        max_steps=300,
+        batch_size=8,
+        window_frames=2,
+        learning_rate=3e-3,
+        checkpoint_every=100,
+        val_every=100,
+    ),
     "small": TrainConfig(
-        preset="small", max_steps=8000, batch_size=8, window_frames=2, learning_rate=2e-3,
-        checkpoint_every=1000, val_every=1000,
-    ),  # fmt: skip
+        preset="small",
+        max_steps=8000,
+        batch_size=8,
+        window_frames=2,
+        learning_rate=2e-3,
+        checkpoint_every=1000,
+        val_every=1000,
+    ),
 }
 
 
 # What a resumed run may change: where and how it runs, and for how long.
 RESUMABLE = (
-    "max_steps", "num_workers", "accelerator", "devices", "precision", "checkpoint_every", "val_every", "log_every",
-    "strategy", "num_nodes", "checkpoint_minutes",
-)  # fmt: skip
+    "max_steps",
+    "num_workers",
+    "accelerator",
+    "devices",
+    "precision",
+    "checkpoint_every",
+    "val_every",
+    "log_every",
+    "strategy",
+    "num_nodes",
+    "checkpoint_minutes",
+)
 
 
 def train_preset(name: str, **overrides) -> TrainConfig:
@@ -116,7 +135,9 @@ class SurveyData:
 
 
 def load_survey(
-    root: Path | str, labels_csv: Path | str | None = None, spec: SpectrogramConfig = SpectrogramConfig(),
+    root: Path | str,
+    labels_csv: Path | str | None = None,
+    spec: SpectrogramConfig = SpectrogramConfig(),
     progress: bool = True,
 ) -> SurveyData:
     """Log-mel clips of every readable recording under root; broken files are logged and skipped."""
@@ -191,8 +212,9 @@ class WindowBatches(torch.utils.data.Sampler):
     others waiting for it for ever.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0, replicas: int = 1,
-                 rank: int = 0):  # fmt: skip
+    def __init__(
+        self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0, replicas: int = 1, rank: int = 0
+    ):
         self.lengths, self.batch_size, self.shuffle, self.seed = np.asarray(lengths), batch_size, shuffle, seed
         self.replicas, self.rank, self.epoch = replicas, rank, 0
 
@@ -271,7 +293,9 @@ def _lightning_module_class():
                 weight_decay=self.tcfg.weight_decay,
             )
             total = max(1, self.tcfg.max_steps)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+            )
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     return LitVAE
@@ -430,7 +454,9 @@ def load_model(run_dir: Path | str, map_location: str = "cpu") -> tuple[Soundsca
         model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise ValueError(f"{weights} does not match {cfg_path} ({first}); were they copied from different runs?") from None
+        raise ValueError(
+            f"{weights} does not match {cfg_path} ({first}); were they copied from different runs?"
+        ) from None
     return model.eval(), spec
 
 
@@ -565,8 +591,11 @@ def train(
         log.warning("recordings are short: training on windows of %d frames instead of %d", window, tcfg.window_frames)
     shorter = [r.relpath for r in data.recordings if r.n_frames < window]
     if shorter:
-        log.info("%d recordings are shorter than the %d-frame window: trained on windows of their own length",
-                 len(shorter), window)  # fmt: skip
+        log.info(
+            "%d recordings are shorter than the %d-frame window: trained on windows of their own length",
+            len(shorter),
+            window,
+        )
     train_idx, val_idx = split_by_recording(len(data.recordings), tcfg.val_fraction, tcfg.seed)
     train_recs = [data.recordings[i] for i in train_idx]
     val_recs = [data.recordings[i] for i in val_idx]
@@ -584,19 +613,35 @@ def train(
             heldout_initial = evaluate(module.model, val_ds, seed=tcfg.seed) if len(val_ds) else None
             write_json(
                 run_dir / CONFIG_FILE,
-                {"model": mcfg.to_dict(), "spectrogram": spec.to_dict(), "train": asdict(tcfg), "window_frames": window},
+                {
+                    "model": mcfg.to_dict(),
+                    "spectrogram": spec.to_dict(),
+                    "train": asdict(tcfg),
+                    "window_frames": window,
+                },
             )
 
     RunHistory, CheckpointOnStop = _run_callbacks(ckpt_dir)
     history = RunHistory(heldout_initial)
     data_module = _window_data_class()(train_ds, val_ds, tcfg)
     checkpoints = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", auto_insert_metric_name=False,
-                        every_n_train_steps=tcfg.checkpoint_every, save_last=True, save_top_k=1),
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="step{step}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=tcfg.checkpoint_every,
+            save_last=True,
+            save_top_k=1,
+        ),
         # on time too: the full preset on a CPU takes over 20 minutes for 100 steps
-        ModelCheckpoint(dirpath=ckpt_dir, filename="time-step{step}", auto_insert_metric_name=False,
-                        train_time_interval=timedelta(minutes=tcfg.checkpoint_minutes), save_top_k=1),
-    ]  # fmt: skip
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="time-step{step}",
+            auto_insert_metric_name=False,
+            train_time_interval=timedelta(minutes=tcfg.checkpoint_minutes),
+            save_top_k=1,
+        ),
+    ]
     trainer = L.Trainer(
         default_root_dir=run_dir,
         max_steps=tcfg.max_steps,
@@ -650,9 +695,14 @@ def train(
         "wall_time_s": round(sum(a["wall_time_s"] for a in attempts), 2),
         "versions": package_versions(),
         "hardware": hardware_info(),
-        "trainer": {"accelerator": str(trainer.accelerator.__class__.__name__), "devices": trainer.num_devices,
-                    "num_nodes": trainer.num_nodes, "world_size": trainer.world_size,
-                    "strategy": type(trainer.strategy).__name__, "precision": str(trainer.precision)},  # fmt: skip
+        "trainer": {
+            "accelerator": str(trainer.accelerator.__class__.__name__),
+            "devices": trainer.num_devices,
+            "num_nodes": trainer.num_nodes,
+            "world_size": trainer.world_size,
+            "strategy": type(trainer.strategy).__name__,
+            "precision": str(trainer.precision),
+        },
         "data": {
             "files_found": data.n_files,
             "recordings_used": len(data.recordings),
@@ -681,8 +731,12 @@ def newest_readable_checkpoint(ckpt_dir: Path) -> Path:
         try:
             torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # any failure to load means: not this one
-            log.warning("checkpoint %s is unreadable (%s: %s); trying an older one", path, type(e).__name__,
-                        str(e).splitlines()[0][:200] if str(e) else "")  # fmt: skip
+            log.warning(
+                "checkpoint %s is unreadable (%s: %s); trying an older one",
+                path,
+                type(e).__name__,
+                str(e).splitlines()[0][:200] if str(e) else "",
+            )
             continue
         if path != candidates[0]:
             log.warning("resuming from %s, the newest readable checkpoint", path.name)
@@ -701,10 +755,20 @@ def _window_data_class():
             self.train_ds, self.val_ds, self.tcfg = train_ds, val_ds, tcfg
 
         def _loader(self, ds: WindowDataset, shuffle: bool) -> DataLoader:
-            batches = WindowBatches(ds.lengths, self.tcfg.batch_size, shuffle, self.tcfg.seed,
-                                    self.trainer.world_size, self.trainer.global_rank)  # fmt: skip
-            return DataLoader(ds, batch_sampler=batches, num_workers=self.tcfg.num_workers,
-                              persistent_workers=self.tcfg.num_workers > 0)  # fmt: skip
+            batches = WindowBatches(
+                ds.lengths,
+                self.tcfg.batch_size,
+                shuffle,
+                self.tcfg.seed,
+                self.trainer.world_size,
+                self.trainer.global_rank,
+            )
+            return DataLoader(
+                ds,
+                batch_sampler=batches,
+                num_workers=self.tcfg.num_workers,
+                persistent_workers=self.tcfg.num_workers > 0,
+            )
 
         def train_dataloader(self) -> DataLoader:
             return self._loader(self.train_ds, shuffle=True)
