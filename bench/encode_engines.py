@@ -19,7 +19,7 @@ from common import table, tiled_file, timed, write_results
 
 from ecovae.encode import encode
 from ecovae.model import preset
-from ecovae.train import init_run
+from ecovae.run import init_run
 
 
 def main() -> None:

@@ -29,8 +29,8 @@ from ecovae.audio import open_recording
 from ecovae.baselines import recording_windows
 from ecovae.encode import encode
 from ecovae.model import preset
+from ecovae.run import init_run, load_model
 from ecovae.spectrogram import SpectrogramConfig, iter_clips
-from ecovae.train import init_run, load_model
 
 SPEC = SpectrogramConfig()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from common import table, tiled_file, write_results
 
 from ecovae.model import preset
-from ecovae.train import init_run
+from ecovae.run import init_run
 
 CHILD = """
 import json, resource, sys

@@ -19,21 +19,21 @@ from common import table, timed, write_results
 
 from ecovae.encode import encode, latents_schema, write_part
 from ecovae.model import preset
-from ecovae.train import init_run
+from ecovae.run import init_run
 
 FILES_PER_PART = 500
 
 
 def make_archive(root: Path, out: Path, run: Path, n: int) -> None:
     """``n`` placeholder files, all but the last listed as done in parts of ``out``."""
-    from ecovae.encode import _weights_digest
+    from ecovae.run import weights_digest
 
     names = [f"site{i % 50:02d}/20240101_{i:06d}.wav" for i in range(n)]
     for rel in names:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(b"")  # empty: reading one would fail loudly, and be counted as skipped
     schema = latents_schema(["site", "recorder"], preset("tiny").latent_dim)
-    identity = {"weights": _weights_digest(run), "offsets": {}, "offset_column": None}
+    identity = {"weights": weights_digest(run), "offsets": {}, "offset_column": None}
     (out / "_tmp").mkdir(parents=True)
     # each listed with its size and mtime, as encode records them: resuming stats every file
     done = {}

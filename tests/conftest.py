@@ -60,9 +60,9 @@ def write_tone(
 def untrained_run(tmp_path_factory) -> Path:
     """A run folder (config.json + model.safetensors) holding an untrained tiny model."""
     from ecovae.model import preset
-    from ecovae.train import init_run, train_preset
+    from ecovae.run import init_run
 
-    return init_run(tmp_path_factory.mktemp("untrained_run"), preset("tiny"), train_preset("tiny"))
+    return init_run(tmp_path_factory.mktemp("untrained_run"), preset("tiny"))
 
 
 @pytest.fixture(scope="session")

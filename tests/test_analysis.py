@@ -27,8 +27,8 @@ from ecovae.evaluate import evaluate_descriptors, make_folds, write_evaluation
 from ecovae.hardware import RecorderOffsets, hardware_check
 from ecovae.interpret import boundary_walk, first_clip, fit_linear, saliency_maps
 from ecovae.report import write_report
+from ecovae.run import load_model
 from ecovae.simulate import RecorderModel, simulate_survey
-from ecovae.train import load_model
 
 
 def test_mixture_moments_match_samples_from_the_mixture():

@@ -171,7 +171,7 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
 def test_dataset_output_with_workers_equals_single_file_and_resumes_from_its_index(untrained_run, tmp_path):
     from ecovae.descriptors import read_latents
     from ecovae.model import preset
-    from ecovae.train import init_run, train_preset
+    from ecovae.run import init_run
 
     root = tmp_path / "survey"
     _make_survey(root, 12)
@@ -202,7 +202,7 @@ def test_dataset_output_with_workers_equals_single_file_and_resumes_from_its_ind
     assert len(pd.read_parquet(folder)) == len(a) + frames_for(5.0)
 
     # Another model's latents never mix with these.
-    other = init_run(tmp_path / "other_run", preset("tiny", latent_dim=8), train_preset("tiny"))
+    other = init_run(tmp_path / "other_run", preset("tiny", latent_dim=8))
     write_tone(root / "site9" / "20240602_000000.WAV", 5.0, seed=98)
     try:
         encode(root, other, folder, progress=False)

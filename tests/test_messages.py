@@ -173,11 +173,11 @@ def test_an_unreadable_file_says_why(tmp_path):
 
 def test_outputs_get_the_umask_mode(untrained_run, tmp_path):
     from ecovae.model import preset
-    from ecovae.train import init_run, train_preset
+    from ecovae.run import init_run
 
     old = os.umask(0o022)
     try:
-        run = init_run(tmp_path / "run", preset("tiny"), train_preset("tiny"))
+        run = init_run(tmp_path / "run", preset("tiny"))
         data = _survey(tmp_path / "data", 1)
         runner.invoke(app, ["encode", str(data), "--model", str(run), "--out", str(tmp_path / "l.parquet"), "--quiet"])
     finally:

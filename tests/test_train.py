@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
+from ecovae.run import load_model
 from ecovae.train import (
     LoadedRecording,
     WindowDataset,
-    load_model,
     split_by_recording,
     train,
     train_preset,

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from ecovae.model import preset
-from ecovae.train import load_model
+from ecovae.run import load_model
 
 from .conftest import write_tone
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from ecovae.run import load_model
 from ecovae.train import (
     LoadedRecording,
     WindowBatches,
     WindowDataset,
-    load_model,
     train,
     train_preset,
 )

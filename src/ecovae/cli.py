@@ -209,7 +209,7 @@ def encode(
         offsets = None
         if correct_hardware:
             from ecovae.hardware import fit_survey_offsets
-            from ecovae.train import load_model
+            from ecovae.run import load_model
 
             fitted = fit_survey_offsets(recordings, labels, correct_hardware, load_model(model)[1])
             offsets = fitted.offsets_
@@ -397,7 +397,7 @@ def _hardware(run_dir: Path, root: Path, labels: Path | None, recorder: str, tar
     import json
 
     from ecovae.hardware import hardware_check
-    from ecovae.train import load_model
+    from ecovae.run import load_model
 
     model, spec = load_model(run_dir)
     try:
@@ -433,7 +433,7 @@ def interpret(
 
     from ecovae.descriptors import group_units, read_latents
     from ecovae.interpret import interpret as run_interpretation
-    from ecovae.train import load_model
+    from ecovae.run import load_model
 
     pair = tuple(classes.split(",")) if classes else None
     if pair is not None and len(pair) != 2:
@@ -522,7 +522,8 @@ def _pipeline(
     from ecovae.evaluate import evaluate_descriptors, write_evaluation
     from ecovae.interpret import interpret as run_interpretation
     from ecovae.report import write_report
-    from ecovae.train import TrainingStopped, load_model, train_preset
+    from ecovae.run import load_model
+    from ecovae.train import TrainingStopped, train_preset
     from ecovae.train import train as run_training
 
     run_dir, latents, eval_dir = out / "run", out / "latents.parquet", out / "eval"

@@ -52,6 +52,7 @@ from ecovae.audio import AUDIO_EXTENSIONS, BadAudio, Recording, discover, open_r
 from ecovae.files import atomic_file
 from ecovae.latents import label_column_names, latent_columns
 from ecovae.model import SoundscapeVAE
+from ecovae.run import load_model, weights_digest
 from ecovae.spectrogram import SpectrogramConfig, expected_frames, iter_clips, remainder_seconds
 
 log = logging.getLogger(__name__)
@@ -138,14 +139,6 @@ except OSError:
 # Parquet footer metadata of every part (the done-index): the files in it, each with its size and
 # mtime when encoded and its flags, and what encoded them.
 FILES_KEY, IDENTITY_KEY = b"ecovae.files", b"ecovae.identity"
-
-
-def _weights_digest(run_dir: Path) -> str:
-    h = hashlib.sha256()
-    with (run_dir / "model.safetensors").open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def summary_path(out: Path) -> Path:
@@ -610,8 +603,6 @@ def encode(
     Finished files are committed every ``rows_per_part`` frames or ``commit_seconds``,
     whichever comes first, so a killed run loses at most that much work.
     """
-    from ecovae.train import load_model
-
     t0 = time.time()
     root, run_dir, out = Path(recordings), Path(run_dir), Path(out)
     if engine not in ("local", "ray"):
@@ -624,7 +615,7 @@ def encode(
         raise FileNotFoundError(f"{root}: no audio files (looked for {', '.join(AUDIO_EXTENSIONS)})")
     schema = latents_schema(label_cols, model.cfg.latent_dim, spec.n_mels)
     identity = {
-        "weights": _weights_digest(run_dir),
+        "weights": weights_digest(run_dir),
         "offsets": {k: np.round(np.asarray(v, float), 6).tolist() for k, v in (offsets or {}).items()},
         "offset_column": offset_column,
     }

@@ -36,7 +36,7 @@ _MODELS: dict = {}  # in each worker process: the model of the last job, loaded 
 
 
 def _model(job: Job):
-    from ecovae.train import load_model
+    from ecovae.run import load_model
 
     key = (str(job.run_dir), job.identity["weights"], job.device)
     if key not in _MODELS:

@@ -1,0 +1,145 @@
+"""The run folder: what a trained model is on disk, written and read without running any code.
+
+A run folder holds ``config.json`` (model, spectrogram and training settings),
+``model.safetensors`` (the weights), ``run.json`` (the manifest: versions,
+data, seed, hardware, wall time, held-out scores), ``metrics.csv``, and, while
+training, ``checkpoints/`` and ``logs/``. Training writes it
+(:mod:`ecovae.train`); encoding, interpretation and the CLI only read it, through
+:func:`load_model`, so none of them needs the training code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+from ecovae import __version__
+from ecovae.files import atomic_file
+from ecovae.model import SoundscapeVAE, VAEConfig
+from ecovae.spectrogram import SpectrogramConfig
+
+CONFIG_FILE, WEIGHTS_FILE, RUN_FILE, METRICS_FILE = "config.json", "model.safetensors", "run.json", "metrics.csv"
+
+
+def save_weights(model: SoundscapeVAE, run_dir: Path) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    with atomic_file(run_dir / WEIGHTS_FILE) as tmp:
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        except SafetensorError as e:  # a full or read-only disk: say so as the OS does
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(run_dir / WEIGHTS_FILE)) from None
+
+
+def write_json(path: Path, obj: dict) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def init_run(run_dir: Path | str, mcfg: VAEConfig, seed: int = 0) -> Path:
+    """A run folder holding an untrained model (config.json and model.safetensors).
+
+    For benchmarks and tests: throughput does not depend on the weights. The input
+    normalisation is set to typical log-mel values.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = SoundscapeVAE(mcfg)
+    model.input_mean.fill_(-8.0)
+    model.input_std.fill_(2.0)
+    save_weights(model, run_dir)
+    spec = SpectrogramConfig()
+    config = {"model": mcfg.to_dict(), "spectrogram": spec.to_dict()}
+    write_json(run_dir / CONFIG_FILE, config)
+    return run_dir
+
+
+def load_model(run_dir: Path | str, map_location: str = "cpu") -> tuple[SoundscapeVAE, SpectrogramConfig]:
+    """The trained model of a run folder, from JSON and safetensors only (no pickle).
+
+    A missing, truncated or mismatched file is a ValueError/FileNotFoundError naming it.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    cfg_path, weights = run_dir / CONFIG_FILE, run_dir / WEIGHTS_FILE
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: missing; is {run_dir} a run folder made by 'ecovae train'?")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        model = SoundscapeVAE(VAEConfig.from_dict(cfg["model"]))
+        spec = SpectrogramConfig(**cfg["spectrogram"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{cfg_path}: not a valid ecovae config ({type(e).__name__}: {e})") from None
+    try:
+        state = load_file(str(weights), device=map_location)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{weights}: unreadable ({e}); the file may be truncated: copy it again or re-train") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise ValueError(
+            f"{weights} does not match {cfg_path} ({first}); were they copied from different runs?"
+        ) from None
+    return model.eval(), spec
+
+
+def weights_digest(run_dir: Path) -> str:
+    """A short SHA-256 of the weights: what encoded a latents file (its identity)."""
+    h = hashlib.sha256()
+    with (Path(run_dir) / WEIGHTS_FILE).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def hardware_info() -> dict:
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the SIMD kernels torch uses: AVX2, AVX512, ...
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def package_versions() -> dict:
+    import importlib.metadata as md
+
+    names = ["torch", "lightning", "numpy", "soundfile", "soxr", "librosa", "pandas", "pyarrow", "safetensors"]
+    out = {"ecovae": __version__, "python": platform.python_version()}
+    for n in names:
+        try:
+            out[n] = md.version(n)
+        except md.PackageNotFoundError:
+            pass
+    return out
