@@ -34,9 +34,10 @@ import pandas as pd
 from common import RESULTS, SHARED_DATA, write_results
 
 from ecovae.baselines import baseline_sets
-from ecovae.descriptors import group_units, read_latents
+from ecovae.descriptors import group_units
 from ecovae.encode import encode
 from ecovae.evaluate import evaluate_descriptors
+from ecovae.latents import read_latents
 from ecovae.simulate import simulate_survey
 from ecovae.train import train, train_preset
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from common import table, timed, write_results
 
-from ecovae.encode import encode, latents_schema, write_part
+from ecovae.encode import encode
+from ecovae.latents import latents_schema, write_part
 from ecovae.model import preset
 from ecovae.run import init_run
 

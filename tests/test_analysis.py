@@ -19,13 +19,14 @@ from ecovae.descriptors import (
     Units,
     describe,
     group_units,
-    read_latents,
     sample_mixture,
 )
 from ecovae.encode import encode
 from ecovae.evaluate import evaluate_descriptors, make_folds, write_evaluation
-from ecovae.hardware import RecorderOffsets, hardware_check
+from ecovae.hardware import hardware_check
 from ecovae.interpret import boundary_walk, first_clip, fit_linear, saliency_maps
+from ecovae.latents import read_latents
+from ecovae.recorder_offsets import RecorderOffsets, spectra_table
 from ecovae.report import write_report
 from ecovae.run import load_model
 from ecovae.simulate import RecorderModel, simulate_survey
@@ -177,9 +178,9 @@ def test_recorder_offsets_are_fitted_on_what_they_are_given():
     rng = np.random.default_rng(0)
     spectra = rng.normal(0, 0.1, (20, 8)) + np.r_[np.ones((10, 1)), -np.ones((10, 1))]
     recorders = ["a"] * 10 + ["b"] * 10
-    corr = RecorderOffsets().fit(spectra, recorders)
+    corr = RecorderOffsets().fit(spectra_table(spectra, recorders))
     np.testing.assert_allclose(corr.offset("a"), 1.0, atol=0.1)
-    fixed = corr.transform(spectra, recorders)
+    fixed = corr.transform(spectra_table(spectra, recorders))
     assert abs(fixed[:10].mean() - fixed[10:].mean()) < 0.05
     assert np.all(corr.offset("unknown") == 0)
 

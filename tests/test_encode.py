@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from ecovae.encode import encode, latents_schema
+from ecovae.encode import encode
+from ecovae.latents import latents_schema
 
 from .conftest import write_tone
 
@@ -169,7 +170,7 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_dataset_output_with_workers_equals_single_file_and_resumes_from_its_index(untrained_run, tmp_path):
-    from ecovae.descriptors import read_latents
+    from ecovae.latents import read_latents
     from ecovae.model import preset
     from ecovae.run import init_run
 

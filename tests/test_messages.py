@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from ecovae.audio import discover
 from ecovae.cli import app
-from ecovae.encode import latents_schema
+from ecovae.latents import latents_schema
 
 from .conftest import fill, write_tone
 

@@ -22,19 +22,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ecovae.audio import BadAudio, Recording, iter_blocks, open_recording
+from ecovae.audio import Recording, iter_blocks
 from ecovae.descriptors import Units, group_units
 from ecovae.files import atomic_file
 from ecovae.latents import RESERVED, feature_columns, is_feature_column
 from ecovae.spectrogram import SpectrogramConfig
+from ecovae.survey import open_survey
 
 log = logging.getLogger(__name__)
 
@@ -103,32 +103,6 @@ def recording_windows(
     raise ValueError(f"unknown baseline {kind!r}; choose from {BASELINES}")
 
 
-def _one(job: tuple) -> tuple[str, tuple | str]:
-    root, rel, kind, spec, indices_seconds = job
-    try:
-        return rel, recording_windows(open_recording(root / rel, root), kind, spec, indices_seconds)
-    except BadAudio as e:
-        return rel, e.reason
-    except Exception as e:  # one odd file must not stop the baseline for the others
-        return rel, f"unexpected error: {type(e).__name__}: {e}"
-
-
-def _compute(
-    root: Path, todo: list[str], kind: str, spec: SpectrogramConfig, indices_seconds: float | None, workers: int | None
-):
-    """(path, windows or the reason it was skipped) for each file, in order."""
-    jobs = [(root, rel, kind, spec, indices_seconds) for rel in todo]
-    workers = min(workers or os.cpu_count() or 1, len(jobs))
-    if kind != "indices" or workers < 2 or len(jobs) < 8:
-        yield from map(_one, jobs)
-        return
-    import multiprocessing
-
-    # spawn, not fork: the parent holds torch's and BLAS's threads, which a forked child must not inherit
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(_one, jobs, chunksize=4)
-
-
 def _settings(kind: str, spec: SpectrogramConfig, indices_seconds: float | None) -> dict:
     if kind == "indices":
         return {"kind": kind, "window_s": INDICES_FRAMES * spec.frame_seconds, "max_seconds": indices_seconds}
@@ -169,8 +143,11 @@ def baseline_windows(
             log.warning("baselines: ignored unreadable cache %s (%s)", cache_file, e)
     stats = {}
     for rel in paths:
-        st = (root / rel).stat()
-        stats[rel] = (st.st_size, st.st_mtime_ns)
+        try:
+            st = (root / rel).stat()
+            stats[rel] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stats[rel] = None  # gone: the survey reader says so
     fresh = set()
     if len(cached):
         ok = [
@@ -179,21 +156,18 @@ def baseline_windows(
         cached = cached[np.array(ok, bool)]
         fresh = set(cached["path"])
     todo = [p for p in paths if p not in fresh]
-    frames, names, t0 = [cached], None, time.time()
-    for i, (rel, got) in enumerate(_compute(root, todo, kind, spec, indices_seconds, workers)):
-        if isinstance(got, str):
-            log.warning("baselines: skipped %s: %s", root / rel, got)
-            continue
-        offsets, values, names_ = got
+    frames, names = [cached], None
+    survey = open_survey(root, spec=spec, rels=todo)
+    read = partial(recording_windows, kind=kind, spec=spec, indices_seconds=indices_seconds)
+    # the indices in worker processes; BirdNET in this one (its interpreter has its own threads)
+    n_workers = (workers or os.cpu_count() or 1) if kind == "indices" and len(todo) >= 8 else 1
+    for rec, (offsets, values, names_) in survey.read(read, workers=n_workers, progress=kind if progress else None):
         names = names or names_
         df = pd.DataFrame(values.astype(np.float32), columns=feature_columns(f"{kind}_", values.shape[1]))
-        df.insert(0, "path", rel)
+        df.insert(0, "path", rec.relpath)
         df.insert(1, "frame_offset_s", np.asarray(offsets, float))
-        df["_size"], df["_mtime_ns"] = stats[rel]
+        df["_size"], df["_mtime_ns"] = stats[rec.relpath]
         frames.append(df)
-        if progress and (i + 1) % 10 == 0:
-            rate = (i + 1) / (time.time() - t0)
-            log.info("%s: %d/%d files, ETA %.0f s", kind, i + 1, len(todo), (len(todo) - i - 1) / rate)
     table = (
         pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
     )

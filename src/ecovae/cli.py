@@ -208,7 +208,7 @@ def encode(
     with _user_errors():
         offsets = None
         if correct_hardware:
-            from ecovae.hardware import fit_survey_offsets
+            from ecovae.recorder_offsets import fit_survey_offsets
             from ecovae.run import load_model
 
             fitted = fit_survey_offsets(recordings, labels, correct_hardware, load_model(model)[1])
@@ -281,7 +281,8 @@ def describe(
     """Soundscape descriptors: one row per unit (a recording, or e.g. a site-day) or per mixture sample, with its labels."""
     _setup_logging(False)
     from ecovae.descriptors import describe as make_descriptors
-    from ecovae.descriptors import group_units, read_latents
+    from ecovae.descriptors import group_units
+    from ecovae.latents import read_latents
 
     with _user_errors():
         table = make_descriptors(group_units(read_latents(latents), unit, window, features), kind, samples, seed)
@@ -324,8 +325,9 @@ def evaluate(
 ) -> None:
     """Cross-validated classification of units from every feature set and descriptor, with metrics and confusion matrices."""
     _setup_logging(False)
-    from ecovae.descriptors import group_units, read_latents
+    from ecovae.descriptors import group_units
     from ecovae.evaluate import evaluate_descriptors, write_evaluation
+    from ecovae.latents import read_latents
 
     root = _recordings_root(model, recordings) if (model is not None or recordings is not None) else None
     with _user_errors():
@@ -431,8 +433,9 @@ def interpret(
     _setup_logging(False)
     import json
 
-    from ecovae.descriptors import group_units, read_latents
+    from ecovae.descriptors import group_units
     from ecovae.interpret import interpret as run_interpretation
+    from ecovae.latents import read_latents
     from ecovae.run import load_model
 
     pair = tuple(classes.split(",")) if classes else None
@@ -517,10 +520,11 @@ def _pipeline(
 ) -> Path:
     import json
 
-    from ecovae.descriptors import group_units, read_latents
+    from ecovae.descriptors import group_units
     from ecovae.encode import encode as run_encoding
     from ecovae.evaluate import evaluate_descriptors, write_evaluation
     from ecovae.interpret import interpret as run_interpretation
+    from ecovae.latents import read_latents
     from ecovae.report import write_report
     from ecovae.run import load_model
     from ecovae.train import TrainingStopped, train_preset

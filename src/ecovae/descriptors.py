@@ -47,30 +47,6 @@ class Units:
     unplaced: dict[str, int] = field(default_factory=dict)  # path -> frames without a time (left out of windows)
 
 
-def read_latents(path) -> pd.DataFrame:
-    """The per-frame latents written by ``ecovae encode`` (a Parquet file or dataset folder).
-
-    A missing, unreadable or empty one is an error that names it.
-    """
-    from pathlib import Path
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such latents file or folder (make it with 'ecovae encode')")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as e:
-        raise ValueError(f"{path}: not a readable Parquet latents file ({e})") from None
-    if table.num_rows == 0:
-        raise ValueError(
-            f"{path} holds no frames (0 rows): encoding skipped every file? see the .summary.json beside it"
-        )
-    return table.to_pandas()
-
-
 def parse_unit(unit: str | Sequence[str] | None) -> list[str]:
     """'site,recorder' -> ['site', 'recorder']; None, '' or 'recording' -> [] (one unit per recording)."""
     if unit is None:

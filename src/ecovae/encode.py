@@ -1,23 +1,14 @@
 """Encoding: every frame of every recording to its posterior, written to Parquet.
 
-``out`` ending in ``.parquet`` is one Parquet file; any other ``out`` is a
-Parquet dataset: a folder of ``part-*.parquet`` files with one schema, which
-pandas, pyarrow, DuckDB and R's arrow read as one table.
-
-Resumable and crash-safe. Finished files go into parts (under
-``<out>.partial/`` for a single-file output, straight into the folder for a
-dataset); a part is written under a temporary name and renamed, so it is
-either whole or absent, and a file's rows are never split across parts. Each
-part's footer lists the files it holds and the model that encoded them: that
-is the index of what is done, so a re-run over 100,000 files reads footers,
-never audio, and files already in a part are not encoded again. A
-single-file output is made at the end by streaming the parts into it. So an
-interrupted run, re-run, has exactly one row per frame: no duplicates and no
-gaps.
+Resumable and crash-safe: finished files are committed in parts whose
+footers are the index of what is done (:mod:`ecovae.latents`), so a re-run
+over 100,000 files reads footers, never audio, and files already in a part
+are not encoded again. An interrupted run, re-run, has exactly one row per
+frame: no duplicates and no gaps.
 
 Decoding and spectrograms run in DataLoader worker processes, overlapping the
 model; ``engine="ray"`` spreads the files over a Ray cluster instead
-(:mod:`ecovae.encode_ray`), writing the same parts.
+(the Ray engine, at the end of this module), writing the same parts.
 
 Broken files are logged with their reason, counted and skipped; digitally
 silent frames are encoded and flagged (``silent``); a file that ends before
@@ -27,58 +18,42 @@ its header says is encoded as far as it goes and flagged.
 from __future__ import annotations
 
 import ctypes
-import fcntl
-import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
-from ecovae.audio import AUDIO_EXTENSIONS, BadAudio, Recording, discover, open_recording
+from ecovae.audio import BadAudio, Recording, open_recording
 from ecovae.files import atomic_file
-from ecovae.latents import label_column_names, latent_columns
+from ecovae.latents import (
+    Layout,
+    OutputIndex,
+    drop_files,
+    finish_output,
+    is_dataset,
+    label_column_names,
+    latent_columns,
+    latents_schema,
+    load_index,
+    output_lock,
+    summary_path,
+    write_part,
+)
 from ecovae.model import SoundscapeVAE
 from ecovae.run import load_model, weights_digest
 from ecovae.spectrogram import SpectrogramConfig, expected_frames, iter_clips, remainder_seconds
+from ecovae.survey import Survey, open_survey
 
 log = logging.getLogger(__name__)
-
-
-def latents_schema(label_columns: list[str], latent_dim: int, n_mels: int = 64) -> pa.Schema:
-    """The schema of the latents Parquet file (see README, "Outputs")."""
-    names = label_column_names(label_columns)
-    return pa.schema(
-        [pa.field("path", pa.string(), nullable=False)]
-        + [pa.field(names[c], pa.string()) for c in label_columns]
-        + [
-            pa.field("start_time", pa.timestamp("ms")),
-            pa.field("frame_time", pa.timestamp("ms")),
-            pa.field("source_sample_rate", pa.int32()),
-            pa.field("source_channels", pa.int16()),
-            pa.field("clip_index", pa.int32()),
-            pa.field("frame_index", pa.int32()),
-            pa.field("frame_in_recording", pa.int32()),
-            pa.field("frame_offset_s", pa.float64()),
-            pa.field("silent", pa.bool_()),
-        ]
-        + [pa.field(c, pa.float32()) for c in latent_columns("mu", latent_dim)]
-        + [pa.field(c, pa.float32()) for c in latent_columns("logvar", latent_dim)]
-        + [pa.field(c, pa.float32()) for c in latent_columns("logmel", n_mels)]
-    )
 
 
 @dataclass
@@ -135,19 +110,6 @@ try:
     _LIBC = ctypes.CDLL("libc.so.6")  # glibc's allocator knobs (see _trim_heap); None elsewhere
 except OSError:
     _LIBC = None
-
-# Parquet footer metadata of every part (the done-index): the files in it, each with its size and
-# mtime when encoded and its flags, and what encoded them.
-FILES_KEY, IDENTITY_KEY = b"ecovae.files", b"ecovae.identity"
-
-
-def summary_path(out: Path) -> Path:
-    return out.with_name(out.name.removesuffix(".parquet") + ".summary.json")
-
-
-def is_dataset(out: Path | str) -> bool:
-    """A folder of parts (a Parquet dataset) unless ``out`` names a ``.parquet`` file."""
-    return Path(out).suffix != ".parquet"
 
 
 def default_workers(device: str, cpus: int | None = None) -> int:
@@ -384,168 +346,6 @@ def recording_table(
     return pa.table(columns, schema=schema)
 
 
-# --- parts: the commit unit and the done-index -------------------------------------------
-
-
-def part_name(entries: dict[str, dict]) -> str:
-    """A part's name follows from its files as they were when encoded: a redone piece of work
-    replaces its part, never duplicates it; a changed file re-encoded gets a new name."""
-    key = "\n".join(f"{rel}\t{e.get('size')}\t{e.get('mtime_ns')}" for rel, e in entries.items())
-    return f"part-{hashlib.sha1(key.encode()).hexdigest()[:20]}.parquet"
-
-
-def _footer(entries: dict[str, dict], identity: dict) -> dict[bytes, bytes]:
-    return {
-        FILES_KEY: json.dumps(entries).encode(),
-        IDENTITY_KEY: json.dumps(identity, sort_keys=True).encode(),
-    }
-
-
-def write_part(
-    folder: Path,
-    tmp_dir: Path,
-    tables: list[pa.Table],
-    entries: dict[str, dict],
-    schema: pa.Schema,
-    identity: dict,
-    name: str | None = None,
-) -> Path:
-    """Write one part atomically (temporary name, fsync, rename); its footer holds ``entries``.
-
-    ``name`` rewrites an existing part in place (the rename replaces it whole).
-    """
-    final = folder / (name or part_name(entries))
-    table = pa.concat_tables(tables) if tables else schema.empty_table()
-    with atomic_file(final, tmp_dir) as tmp:  # the rename is the commit point: these files are now done
-        pq.write_table(table.replace_schema_metadata(_footer(entries, identity)), tmp)
-    return final
-
-
-def read_index(path: Path) -> tuple[dict[str, dict], dict | None]:
-    """(entries by file, identity) from a part's footer.
-
-    An older part lists only its files (``{}`` entries: size and mtime unknown);
-    a file without a footer index: its path column, no identity.
-    """
-    meta = pq.read_metadata(path).metadata or {}
-    if FILES_KEY in meta:
-        files = json.loads(meta[FILES_KEY])
-        entries = files if isinstance(files, dict) else {rel: {} for rel in files}
-        return entries, json.loads(meta[IDENTITY_KEY])
-    rels = pq.read_table(path, columns=["path"]).column("path").unique().to_pylist()
-    return {rel: {} for rel in rels}, None
-
-
-def list_parts(folder: Path) -> list[Path]:
-    return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
-
-
-@dataclass
-class Layout:
-    """Where an encoding's parts, temporary files, lock and output go."""
-
-    out: Path
-
-    @property
-    def parts(self) -> Path:
-        return self.out if is_dataset(self.out) else self.out.with_name(self.out.name + ".partial")
-
-    @property
-    def tmp(self) -> Path:
-        return self.parts / "_tmp"  # "_" prefix: Parquet readers skip it
-
-    @property
-    def lock(self) -> Path:
-        return self.out / "_lock" if is_dataset(self.out) else self.out.with_name(self.out.name + ".lock")
-
-
-@dataclass
-class OutputIndex:
-    """What an output holds, from its footers: each file's entry and where its rows are."""
-
-    parts: dict[Path, dict[str, dict]]  # part -> its files' entries
-    merged: dict[str, dict]  # a single-file output: the entries of the merged file
-    rows: int = 0
-
-    @property
-    def entries(self) -> dict[str, dict]:
-        """Every file in the output (a part's rows replace the merged file's for the same file)."""
-        out = dict(self.merged)
-        for entries in self.parts.values():
-            out.update(entries)
-        return out
-
-    def holder(self) -> dict[str, Path | None]:
-        """File -> the part holding its rows (None: the merged file)."""
-        out: dict[str, Path | None] = dict.fromkeys(self.merged)
-        for part, entries in self.parts.items():
-            out.update(dict.fromkeys(entries, part))
-        return out
-
-
-def load_index(layout: Layout, schema: pa.Schema, identity: dict) -> OutputIndex:
-    """Read the footers of the output, refusing to mix models, labels or corrections."""
-    sources = ([layout.out] if layout.out.is_file() else []) + list_parts(layout.parts)
-    index = OutputIndex({}, {})
-    for source in sources:
-        if pq.read_schema(source) != schema:
-            raise RuntimeError(f"{source} has another schema (model or labels differ); choose another --out")
-        entries, other = read_index(source)
-        if other is not None and other != identity:
-            raise RuntimeError(
-                f"{source} was encoded with another model, labels or correction; delete it or choose another --out"
-            )
-        index.rows += pq.read_metadata(source).num_rows
-        if source == layout.out:
-            index.merged = entries
-        else:
-            index.parts[source] = entries
-    return index
-
-
-def drop_files(index: OutputIndex, rels_by_part: dict[Path, set[str]], layout: Layout, identity: dict) -> None:
-    """Remove files' rows from parts, each part rewritten in place (or deleted when emptied).
-
-    The rename replaces a part whole, so a kill at any moment leaves it with or
-    without those files, never both copies nor a part lost.
-    """
-    for part, rels in rels_by_part.items():
-        keep = {rel: e for rel, e in index.parts[part].items() if rel not in rels}
-        if not keep:
-            part.unlink()
-            del index.parts[part]
-            continue
-        table = pq.read_table(part)
-        table = table.filter(pc.is_in(table["path"], value_set=pa.array(sorted(keep), pa.string())))
-        write_part(part.parent, layout.tmp, [table], keep, table.schema, identity, name=part.name)
-        index.parts[part] = keep
-
-
-@contextmanager
-def output_lock(layout: Layout) -> Iterator[None]:
-    """Hold an OS lock on the output while encoding: a second run on it is refused, not interleaved."""
-    layout.lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise OutputBusy(
-                f"{layout.out} is being written by another 'ecovae encode' ({holder}); "
-                "wait for it to finish, or choose another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-class OutputBusy(RuntimeError):
-    """Another process is encoding into the same output."""
-
-
 # --- the run ------------------------------------------------------------------------------
 
 
@@ -609,10 +409,8 @@ def encode(
         raise ValueError(f"engine must be 'local' or 'ray', not {engine!r}")
     batch_size = batch_size or (8 if str(device).startswith("cuda") else 1)
     model, spec = load_model(run_dir)
-    not_searched: dict[str, str] = {}
-    files, label_cols, labels = discover(root, labels_csv, not_searched)
-    if not files:
-        raise FileNotFoundError(f"{root}: no audio files (looked for {', '.join(AUDIO_EXTENSIONS)})")
+    survey = open_survey(root, labels_csv, spec)
+    label_cols = survey.label_columns
     schema = latents_schema(label_cols, model.cfg.latent_dim, spec.n_mels)
     identity = {
         "weights": weights_digest(run_dir),
@@ -627,13 +425,11 @@ def encode(
         layout.tmp.mkdir(parents=True, exist_ok=True)
         for tmp in layout.tmp.glob("*.tmp"):
             tmp.unlink()  # a part that was being written when a run stopped
-        summary = EncodeSummary(out=str(out), files_found=len(files), skipped=dict(not_searched))
-        tasks, drop = _plan(root, files, labels, index, layout, identity, offsets, offset_column, summary)
-        job = Job(root, run_dir, layout, schema, label_cols, identity, batch_size, str(device))
+        summary = EncodeSummary(out=str(out), files_found=len(survey.files), skipped=dict(survey.skipped))
+        tasks, drop = _plan(survey, index, layout, identity, offsets, offset_column, summary)
+        job = Job(survey.root, run_dir, layout, schema, label_cols, identity, batch_size, str(device))
 
         if engine == "ray":
-            from ecovae.encode_ray import encode_on_ray
-
             encode_on_ray(job, tasks, summary, address=address, progress=progress)
         else:
             _encode_local(
@@ -648,22 +444,16 @@ def encode(
                 workers,
                 threads,
             )
-        index = _finish(layout, schema, identity, drop)
-        _account(summary, index, {p.relative_to(_base(root)).as_posix() for p in files})
+        index = finish_output(layout, schema, identity, drop)
+        _account(summary, index, set(survey.files))
         summary.wall_time_s = round(time.time() - t0, 3)
         with atomic_file(summary_path(out)) as tmp:
             tmp.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary
 
 
-def _base(root: Path) -> Path:
-    return root if root.is_dir() else root.parent
-
-
 def _plan(
-    root: Path,
-    files: list[Path],
-    labels: dict[str, dict[str, str]],
+    survey: Survey,
     index: OutputIndex,
     layout: Layout,
     identity: dict,
@@ -681,8 +471,8 @@ def _plan(
     tasks: list[FileTask] = []
     stale: dict[Path, set[str]] = {}
     drop: set[str] = set()
-    for p in files:
-        rel = p.relative_to(_base(root)).as_posix()
+    for rel in survey.files:
+        p = survey.root / rel
         size, mtime_ns = _stat(p)
         entry = done.get(rel)
         if entry is not None:
@@ -696,7 +486,7 @@ def _plan(
                 drop.add(rel)
             else:
                 stale.setdefault(part, set()).add(rel)
-        lab = labels.get(rel, {})
+        lab = survey.labels.get(rel, {})
         offset = (offsets or {}).get(str(lab.get(offset_column))) if offset_column else None
         tasks.append(FileTask(p, rel, lab, offset, size, mtime_ns))
     drop_files(index, stale, layout, identity)
@@ -807,50 +597,108 @@ def _as_is(item):
     return item
 
 
-def _finish(layout: Layout, schema: pa.Schema, identity: dict, drop: set[str]) -> OutputIndex:
-    """Dataset: make sure it has at least one part (so it has a schema). File: merge the parts into it.
+# --- the Ray engine ------------------------------------------------------------------------
+# Encoding on a Ray cluster (``pip install ecovae[distributed]``): the same parts, spread over workers.
+#
+# Files are grouped into chunks by size on disk; each chunk is one Ray task that
+# encodes its files and writes one part named after them
+# (:func:`ecovae.latents.write_part`). A task whose worker dies is retried once;
+# the retry writes the part of the same name, so redone work replaces and never
+# duplicates. Files of a chunk that fails twice are counted as skipped, with the
+# error, like any unreadable file. Each worker process loads the model once and
+# keeps it for the tasks that follow.
+#
+# On a multi-node cluster the recordings, the run folder and the output folder
+# must be on storage that every node sees (a cluster file system).
 
-    The merge is idempotent: the merged file keeps its rows of files that no
-    part holds (and that are not in ``drop``), then takes every part's rows.
-    So a run killed after the merged file was renamed, but before the parts
-    were removed, merges to the same rows again, never twice.
-    """
-    index = load_index(layout, schema, identity)
-    if is_dataset(layout.out):
-        if not index.parts:
-            write_part(layout.parts, layout.tmp, [], {}, schema, identity)
-            index = load_index(layout, schema, identity)
-        shutil.rmtree(layout.tmp, ignore_errors=True)
-        return index
-    out = layout.out
-    in_parts = {rel: e for entries in index.parts.values() for rel, e in entries.items()}
-    merged_already = all(index.merged.get(rel) == e for rel, e in in_parts.items())
-    if out.is_file() and merged_already and not (drop & set(index.merged)):
-        shutil.rmtree(layout.parts, ignore_errors=True)  # nothing new (or merged before a kill)
-        return OutputIndex({}, index.merged, pq.read_metadata(out).num_rows)
-    keep = {rel: e for rel, e in index.merged.items() if rel not in in_parts and rel not in drop}
-    entries = {**keep, **in_parts}
-    footer = _footer(entries, identity)
-    rows = 0
-    with atomic_file(out, layout.tmp) as tmp:
-        with pq.ParquetWriter(tmp, schema.with_metadata(footer)) as writer:
-            # the earlier output first, then the new parts in file order; streamed row group by
-            # row group, so memory stays that of one row group
-            if out.is_file():
-                f = pq.ParquetFile(out)
-                filtered = len(keep) < len(index.merged)
-                wanted = pa.array(sorted(keep), pa.string())
-                for g in range(f.num_row_groups):
-                    t = f.read_row_group(g)
-                    if filtered:
-                        t = t.filter(pc.is_in(t["path"], value_set=wanted))
-                    writer.write_table(t.replace_schema_metadata(footer))
-                    rows += t.num_rows
-            for _, part in sorted((sorted(e), p) for p, e in index.parts.items()):
-                f = pq.ParquetFile(part)
-                for g in range(f.num_row_groups):
-                    t = f.read_row_group(g)
-                    writer.write_table(t.replace_schema_metadata(footer))
-                    rows += t.num_rows
-    shutil.rmtree(layout.parts)
-    return OutputIndex({}, entries, rows)
+_MODELS: dict = {}  # in each worker process: the model of the last job, loaded once
+
+
+def _model(job: Job):
+    key = (str(job.run_dir), job.identity["weights"], job.device)
+    if key not in _MODELS:
+        model, spec = load_model(job.run_dir)
+        _MODELS.clear()
+        _MODELS[key] = (model.to(job.device, memory_format=torch.channels_last), spec)
+    return _MODELS[key]
+
+
+def encode_chunk(job: Job, tasks: list[FileTask]) -> list[FileResult]:
+    """One Ray task: encode ``tasks`` and commit them as one part; the results without their rows."""
+    model, spec = _model(job)
+    stream = ClipStream(tasks, job.root, spec, job.batch_size)
+    results = list(encode_stream(model, stream, spec, job.schema, job.label_columns, job.device))
+    done = [r for r in results if r.table is not None]
+    if done:
+        write_part(
+            job.layout.parts,
+            job.layout.tmp,
+            [r.table for r in done],
+            {r.rel: r.entry() for r in done},
+            job.schema,
+            job.identity,
+        )
+    return [replace(r, table=None) for r in results]
+
+
+def chunks(tasks: list[FileTask], n_chunks: int, max_bytes: int = 256 << 20) -> list[list[FileTask]]:
+    """Consecutive files in about ``n_chunks`` groups of equal size on disk, each at most ~``max_bytes``."""
+    total = sum(max(t.size, 1) for t in tasks)
+    target = max(1, min(max_bytes, total // max(1, n_chunks)))
+    out: list[list[FileTask]] = []
+    current: list[FileTask] = []
+    size = 0
+    for t in tasks:
+        current.append(t)
+        size += max(t.size, 1)
+        if size >= target:
+            out.append(current)
+            current, size = [], 0
+    if current:
+        out.append(current)
+    return out
+
+
+def encode_on_ray(
+    job: Job,
+    tasks: list[FileTask],
+    summary: EncodeSummary,
+    address: str | None = None,
+    progress: bool = True,
+    cpus_per_task: float = 1,
+    gpus_per_task: float | None = None,
+) -> None:
+    """Encode ``tasks`` on the Ray cluster at ``address`` (a new local one if None), counting into ``summary``."""
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("engine 'ray' needs Ray: pip install 'ecovae[distributed]'") from None
+    from ecovae.progress import file_progress
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        if gpus_per_task is None:
+            gpus_per_task = 1 if job.device.startswith("cuda") else 0
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_task))
+        work = chunks(tasks, 4 * slots)  # a few chunks per slot: balance, and little lost to a crash
+        remote = ray.remote(encode_chunk).options(max_retries=1, num_cpus=cpus_per_task, num_gpus=gpus_per_task)
+        job_ref = ray.put(job)
+        pending = {remote.remote(job_ref, chunk): chunk for chunk in work}
+        with file_progress(len(tasks), f"Encoding on Ray ({slots} workers)", enabled=progress) as advance:
+            while pending:
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                chunk = pending.pop(ref)
+                try:
+                    results = ray.get(ref)
+                except ray.exceptions.RayError as e:  # failed twice: report its files, go on with the rest
+                    reason = f"encoding task failed twice ({type(e).__name__})"
+                    log.error("%s for %d files: %s", reason, len(chunk), e)
+                    results = [FileResult(t.rel, skipped=reason) for t in chunk]
+                for r in results:
+                    record(summary, r)
+                advance(len(chunk), frames=summary.frames, skipped=len(summary.skipped))
+    finally:
+        if started:
+            ray.shutdown()

@@ -26,14 +26,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from ecovae import plots
-from ecovae.audio import BadAudio, open_recording
+from ecovae.audio import open_recording
 from ecovae.descriptors import MixtureMoments, TimeAveraged, Units
+from ecovae.evaluate import linear_classifier
 from ecovae.model import SoundscapeVAE
-from ecovae.spectrogram import SpectrogramConfig, iter_clips
+from ecovae.spectrogram import SpectrogramConfig
+from ecovae.survey import open_survey, recording_clips
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ class LinearScore:
 
 def fit_linear(z: np.ndarray, y: np.ndarray, positive: str) -> LinearScore:
     """Logistic regression (on standardised features) of ``positive`` vs the rest, mapped back to raw units."""
-    scaler = StandardScaler().fit(z)
-    lr = LogisticRegression(max_iter=5000, class_weight="balanced").fit(scaler.transform(z), y == positive)
+    pipe = linear_classifier().fit(z, y == positive)
+    scaler, lr = pipe[0], pipe[-1]
     w = lr.coef_[0] / scaler.scale_
     return LinearScore(w, float(lr.intercept_[0] - np.sum(lr.coef_[0] * scaler.mean_ / scaler.scale_)))
 
@@ -65,10 +66,7 @@ def fit_linear(z: np.ndarray, y: np.ndarray, positive: str) -> LinearScore:
 
 def first_clip(rec_path: Path, root: Path, spec: SpectrogramConfig, max_frames: int | None = None) -> torch.Tensor:
     """The first clip's log-mel, (hops, mels), optionally cut to whole frames."""
-    clip = next(iter_clips(open_recording(rec_path, root), spec), None)
-    if clip is None:
-        raise BadAudio(rec_path, "shorter than one frame")
-    x = clip.logmel
+    x = recording_clips(open_recording(rec_path, root), spec, max_clips=1)[0].logmel
     if max_frames:
         x = x[: max_frames * spec.frame_hops]
     return x
@@ -87,13 +85,9 @@ def reconstruction_metrics(
     """Per-pixel MSE and MAE, Gaussian log-likelihood, KL and negative ELBO per frame on held-out recordings."""
     torch.manual_seed(seed)
     totals, frames, images = {}, 0, []
-    for rel in paths:
-        try:
-            rec = open_recording(root / rel, root)
-            clips = list(iter_clips(rec, spec))
-        except BadAudio as e:
-            log.warning("reconstruction: skipped %s", e)
-            continue
+    survey = open_survey(root, spec=spec, rels=paths)
+    for rec, clips in survey.recordings():
+        rel = rec.relpath
         for clip in clips:
             x = clip.logmel[None, None]
             parts = model.loss(x)

@@ -31,7 +31,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ecovae import __version__
-from ecovae.audio import BadAudio, discover, open_recording
 from ecovae.files import atomic_file
 from ecovae.model import SoundscapeVAE, VAEConfig, preset
 from ecovae.run import (
@@ -43,7 +42,8 @@ from ecovae.run import (
     save_weights,
     write_json,
 )
-from ecovae.spectrogram import SpectrogramConfig, iter_clips
+from ecovae.spectrogram import SpectrogramConfig
+from ecovae.survey import open_survey
 
 log = logging.getLogger(__name__)
 
@@ -144,29 +144,12 @@ def load_survey(
     progress: bool = True,
 ) -> SurveyData:
     """Log-mel clips of every readable recording under root; broken files are logged and skipped."""
-    root = Path(root)
-    not_searched: dict[str, str] = {}
-    files, _, labels = discover(root, labels_csv, not_searched)
-    if not files:
-        raise FileNotFoundError(f"{root}: no audio files (looked for .wav, .flac, .ogg, .mp3)")
-    recordings, skipped, seconds = [], dict(not_searched), 0.0
-    from ecovae.progress import file_progress
-
-    with file_progress(len(files), "Spectrograms", enabled=progress) as advance:
-        for path in files:
-            rel = path.relative_to(root if root.is_dir() else root.parent).as_posix()
-            try:
-                rec = open_recording(path, root, labels.get(rel, {}))
-                clips = [c.logmel for c in iter_clips(rec, spec)]
-                if not clips:
-                    raise BadAudio(path, f"shorter than one frame ({spec.frame_seconds:.3f} s)")
-                recordings.append(LoadedRecording(rec.relpath, rec.labels, clips))
-                seconds += rec.duration_s
-            except BadAudio as e:
-                log.warning("skipped %s", e)
-                skipped[rel] = e.reason
-            advance()
-    return SurveyData(recordings, skipped, len(files), seconds)
+    survey = open_survey(root, labels_csv, spec)
+    recordings, seconds = [], 0.0
+    for rec, clips in survey.recordings(progress="Spectrograms" if progress else None):
+        recordings.append(LoadedRecording(rec.relpath, rec.labels, [c.logmel for c in clips]))
+        seconds += rec.duration_s
+    return SurveyData(recordings, survey.skipped, len(survey.files), seconds)
 
 
 def split_by_recording(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
