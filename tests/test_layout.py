@@ -63,3 +63,20 @@ def test_no_module_imports_a_later_stage():
 def test_only_training_and_the_command_line_use_the_training_code():
     users = {p.stem for p in PACKAGE.glob("*.py") if "train" in ecovae_imports(p)}
     assert users <= {"cli"}
+
+
+def test_the_library_leaves_the_users_plotting_backend_alone(tmp_path):
+    """Importing ecovae and drawing a figure must not switch matplotlib's backend (a notebook's, say)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import matplotlib; matplotlib.use('pdf')\n"
+        "import numpy as np, ecovae.cli, ecovae.report\n"
+        "from ecovae import plots\n"
+        f"plots.confusion(np.array([[3, 1], [0, 4]]), ['a', 'b'], 'test', __import__('pathlib').Path({str(tmp_path / 'c.png')!r}))\n"
+        "print(matplotlib.get_backend())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "pdf"
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

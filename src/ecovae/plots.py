@@ -1,23 +1,28 @@
-"""Figures (matplotlib, written as PNG): confusion matrices, spectrograms, saliency, walks, projections."""
+"""Figures (matplotlib, written as PNG): confusion matrices, spectrograms, saliency, walks, projections.
+
+Figures are made with matplotlib's object API, not pyplot: files only, no window,
+and the user's own backend (a notebook's, say) is left as it was.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ecovae.spectrogram import SpectrogramConfig, mel_frequencies  # noqa: E402
+from ecovae.spectrogram import SpectrogramConfig, mel_frequencies
 
 SPEC = SpectrogramConfig()
 
 
-def _save(fig, path: Path) -> Path:
+def _subplots(*grid: int, figsize: tuple[float, float], **kw):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kw)
+
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -25,7 +30,7 @@ def confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -> Pat
     """Counts in each cell, colour by the row-normalised rate."""
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     size = 1.6 + 0.55 * len(classes)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig, ax = _subplots(figsize=(size + 1, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
@@ -62,7 +67,7 @@ def _spec_axes(ax, spec: np.ndarray, title: str, cmap: str = "magma", **kw):
 
 def reconstruction(x: np.ndarray, recon: np.ndarray, title: str, path: Path) -> Path:
     """Input, reconstruction and error side by side."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.2))
+    fig, axes = _subplots(1, 3, figsize=(14, 3.2))
     lo, hi = np.percentile(x, [1, 99.5])
     for ax, arr, name in zip(axes[:2], (x, recon), ("input log-mel", "reconstruction"), strict=True):
         fig.colorbar(_spec_axes(ax, arr, name, vmin=lo, vmax=hi), ax=ax)
@@ -77,7 +82,7 @@ def reconstruction(x: np.ndarray, recon: np.ndarray, title: str, path: Path) -> 
 
 def saliency(x: np.ndarray, maps: dict[str, np.ndarray], title: str, path: Path) -> Path:
     """The spectrogram, then each attribution map over it (red raises the class score, blue lowers it)."""
-    fig, axes = plt.subplots(1 + len(maps), 1, figsize=(12, 2.6 * (1 + len(maps))))
+    fig, axes = _subplots(1 + len(maps), 1, figsize=(12, 2.6 * (1 + len(maps))))
     fig.colorbar(_spec_axes(axes[0], x, "input log-mel"), ax=axes[0])
     for ax, (name, m) in zip(axes[1:], maps.items(), strict=True):
         lim = np.percentile(np.abs(m), 99.5) or 1.0
@@ -105,7 +110,7 @@ def boundary_walk(
     """Decoded spectrograms along the walk (top) and each one's difference from the start (bottom, dB),
     each with the classifier's probability of ``class_b``."""
     n = len(specs)
-    fig, axes = plt.subplots(2, n, figsize=(1.9 * n, 6.2), sharey=True, squeeze=False, gridspec_kw={"hspace": 0.35})
+    fig, axes = _subplots(2, n, figsize=(1.9 * n, 6.2), sharey=True, squeeze=False, gridspec_kw={"hspace": 0.35})
     lo, hi = np.percentile(np.concatenate(specs), [1, 99.5])
     db = 20 / np.log(10)
     lim = max(float(np.percentile(np.abs(np.concatenate(diffs)) * db, 99.5)), 1e-3)
@@ -127,7 +132,7 @@ def boundary_walk(
 def band_change(per_mel_db: np.ndarray, coarse: dict[str, float], bands: dict, title: str, path: Path) -> Path:
     """Where the energy moves along the walk: change per mel band against frequency, coarse bands shaded."""
     freqs = mel_frequencies(SPEC)[: len(per_mel_db)]
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    fig, ax = _subplots(figsize=(8, 3.2))
     ax.axhline(0, color="0.6", lw=0.8)
     ax.plot(freqs, per_mel_db, "o-", ms=3, color="#335")
     for k, (name, (lo, hi)) in enumerate(bands.items()):
@@ -150,7 +155,7 @@ def band_change(per_mel_db: np.ndarray, coarse: dict[str, float], bands: dict, t
 
 def saliency_grid(grid: np.ndarray, bands: list[str], frame_seconds: float, title: str, path: Path) -> Path:
     """Attribution summed per frame (columns) and coarse band (rows), with the numbers."""
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * grid.shape[0], 2.8))
+    fig, ax = _subplots(figsize=(1.2 + 0.9 * grid.shape[0], 2.8))
     lim = float(np.abs(grid).max()) or 1.0
     im = ax.imshow(grid.T, origin="lower", aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
     for (t, b), v in np.ndenumerate(grid):
@@ -167,7 +172,7 @@ def saliency_grid(grid: np.ndarray, bands: list[str], frame_seconds: float, titl
 
 def projection(coords: np.ndarray, labels, title: str, path: Path) -> Path:
     labels = np.asarray(labels).astype(str)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, ax = _subplots(figsize=(5.5, 4.5))
     for c in sorted(set(labels)):
         m = labels == c
         ax.scatter(coords[m, 0], coords[m, 1], s=14, label=c, alpha=0.8)
@@ -180,7 +185,7 @@ def projection(coords: np.ndarray, labels, title: str, path: Path) -> Path:
 
 def training_curves(metrics, path: Path) -> Path:
     """Negative ELBO, reconstruction and KL by step, training and validation."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.2))
+    fig, axes = _subplots(1, 3, figsize=(14, 3.2))
     for ax, key in zip(axes, ("neg_elbo", "recon_nll", "kl"), strict=True):
         for split, style in (("train", "-"), ("val", "o-")):
             col = f"{split}/{key}"
