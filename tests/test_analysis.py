@@ -243,6 +243,13 @@ def test_report_escapes_names_and_has_every_section(simulated, tmp_path):
         "Software and hardware",
     } <= set(methods)
     assert "AdamW" in methods["Training"]["optimiser"]
+    # read from the records, not written into the card: the classifiers the evaluation ran, the run's resampler
+    from ecovae.evaluate import classifiers, describe_classifier
+
+    assert methods["Post-processing"]["classifiers"] == "; ".join(
+        f"{k}: {describe_classifier(v)}" for k, v in classifiers().items()
+    )
+    assert json.loads((run / "run.json").read_text())["resampler"] in methods["Preprocessing"]["audio"]
 
 
 def test_encoding_with_hardware_correction_brings_recorders_together(untrained_run, hardware_survey, tmp_path):

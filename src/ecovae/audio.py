@@ -302,6 +302,9 @@ def open_recording(path: Path, root: Path, labels: dict[str, str] | None = None)
     )
 
 
+RESAMPLER = {"library": "soxr", "quality": "HQ", "mode": "streaming"}  # recorded in run.json
+
+
 def iter_blocks(
     rec: Recording, target_rate: int = 48_000, block_seconds: float = READ_BLOCK_SECONDS
 ) -> Iterator[np.ndarray]:
@@ -315,7 +318,7 @@ def iter_blocks(
     resampler = (
         None
         if rec.sample_rate == target_rate
-        else soxr.ResampleStream(rec.sample_rate, target_rate, 1, dtype="float32", quality="HQ")
+        else soxr.ResampleStream(rec.sample_rate, target_rate, 1, dtype="float32", quality=RESAMPLER["quality"])
     )
     position = 0
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
+from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
@@ -27,7 +28,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -40,6 +41,10 @@ from ecovae.descriptors import (
 )
 
 log = logging.getLogger(__name__)
+
+
+MIXTURE_SAMPLES = 32  # draws per unit from its frames' distribution (the mixture descriptor)
+CHANCE_REPEATS = 20  # seeds averaged for the random dummy strategies
 
 
 def linear_classifier():
@@ -62,7 +67,7 @@ def model_for(kind: str, classifier, seed: int = 0):
     if kind == "moments":
         return make_pipeline(MixtureMoments(), clone(classifier))
     if kind == "mixture":
-        return MixtureSampleClassifier(clone(classifier), n_samples=32, random_state=seed)
+        return MixtureSampleClassifier(clone(classifier), n_samples=MIXTURE_SAMPLES, random_state=seed)
     raise ValueError(f"unknown descriptor {kind!r}; choose from {DESCRIPTORS}")
 
 
@@ -129,6 +134,35 @@ def _scores(y_true, y_pred, proba, classes) -> dict[str, float]:
     return out
 
 
+def chance_levels(folds: Folds, seed: int = 0) -> dict[str, float]:
+    """What a classifier that ignores the features scores.
+
+    Balanced accuracy 1/k and ROC-AUC 0.5 whatever the class frequencies; accuracy:
+    always the most frequent class; macro-F1: scikit-learn's DummyClassifier guessing
+    at the training folds' class frequencies on the same folds, mean of
+    ``CHANCE_REPEATS`` seeds (for unbalanced classes this is not 1/k).
+    """
+    X = np.zeros((len(folds.y), 1))
+    f1 = []
+    for r in range(CHANCE_REPEATS):
+        dummy = DummyClassifier(strategy="stratified", random_state=seed + r)
+        pred = cross_val_predict(dummy, X, folds.y, cv=folds.splits)
+        f1.append(f1_score(folds.y, pred, labels=folds.classes, average="macro", zero_division=0))
+    counts = pd.Series(folds.y).value_counts()
+    return {
+        "balanced_accuracy": 1 / len(folds.classes),
+        "accuracy": float(counts.max() / counts.sum()),
+        "macro_f1": float(np.mean(f1)),
+        "roc_auc": 0.5,
+    }
+
+
+def describe_classifier(estimator) -> str:
+    """A classifier's settings as scikit-learn prints them (those not at their defaults), steps joined."""
+    steps = estimator.steps if hasattr(estimator, "steps") else [(None, estimator)]
+    return " -> ".join(" ".join(repr(est).split()) for _, est in steps)
+
+
 @dataclass
 class Evaluation:
     target: str
@@ -146,6 +180,7 @@ class Evaluation:
     unit: str = "recording"
     left_out_units: list[str] = field(default_factory=list)  # units some feature set lacks (a baseline failed)
     unplaced: dict[str, int] = field(default_factory=dict)  # path -> frames without a time, so in no window
+    classifiers: dict[str, str] = field(default_factory=dict)  # name -> the estimator, as scikit-learn prints it
 
     @property
     def n_recordings(self) -> int:  # the unit is a recording by default
@@ -200,13 +235,13 @@ def evaluate_descriptors(
         X = [u.frames[i] for i in keep]
         for kind in kinds:
             for clf_name, clf in chosen.items():
-                proba = np.zeros((len(X), len(classes)))
-                fold_of = np.zeros(len(X), int)
+                # every fold's model fitted and asked through scikit-learn, on the folds all sets share
+                proba = cross_val_predict(
+                    model_for(kind, clf, seed), X, folds.y, cv=folds.splits, method="predict_proba"
+                )
                 key = {"features": feats, "descriptor": kind, "classifier": clf_name}
-                for f, (tr, te) in enumerate(folds.splits):
-                    model = model_for(kind, clf, seed).fit([X[i] for i in tr], folds.y[tr])
-                    cols = [classes.index(c) for c in model.classes_]
-                    proba[np.ix_(te, cols)] = model.predict_proba([X[i] for i in te])
+                fold_of = np.zeros(len(X), int)
+                for f, (_, te) in enumerate(folds.splits):
                     fold_of[te] = f
                     pred = np.array(classes)[proba[te].argmax(1)]
                     fold_rows.append(
@@ -237,13 +272,7 @@ def evaluate_descriptors(
                         }
                     )
                 )
-    counts = pd.Series(folds.y).value_counts()
-    chance = {
-        "balanced_accuracy": 1 / len(classes),
-        "accuracy": float(counts.max() / counts.sum()),
-        "macro_f1": float(np.mean([1 / len(classes)] * len(classes))),
-        "roc_auc": 0.5,
-    }
+    chance = chance_levels(folds, seed)
     return Evaluation(
         target,
         folds.group,
@@ -260,6 +289,7 @@ def evaluate_descriptors(
         unit,
         left_out,
         dict(units.unplaced),
+        {name: describe_classifier(clf) for name, clf in chosen.items()},
     )
 
 
@@ -272,7 +302,7 @@ FEATURE_SETS = {
 DESCRIPTOR_TEXT = {
     "mean": "time average over the unit's frames",
     "moments": "mean and variance over the unit's frames (for the VAE: of the mixture of frame posteriors)",
-    "mixture": "32 samples per unit from its frames' distribution; probabilities averaged over samples",
+    "mixture": f"{MIXTURE_SAMPLES} samples per unit from its frames' distribution; probabilities averaged over samples",
 }
 
 
@@ -343,6 +373,9 @@ def write_evaluation(
         "n_units": ev.n_units,
         "n_folds": ev.n_folds,
         "chance": ev.chance,
+        "chance_by": "balanced accuracy 1/k, ROC-AUC 0.5; accuracy: the most frequent class; macro-F1: "
+        f"scikit-learn's DummyClassifier guessing at the class frequencies on the same folds, mean of {CHANCE_REPEATS} seeds",
+        "classifiers": ev.classifiers,
         "feature_sets": {k: FEATURE_SETS.get(k, k) + (notes or {}).get(k, "") for k in ev.summary["features"].unique()},
         "descriptors": {k: DESCRIPTOR_TEXT.get(k, k) for k in ev.summary["descriptor"].unique()},
         "dropped_classes": ev.dropped,

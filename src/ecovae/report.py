@@ -59,7 +59,7 @@ def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None)
             f"({data.get('files_found', '?')} files found, {len(data.get('skipped', {}))} skipped)",
         },
         "Preprocessing": {
-            "audio": f"downmixed to mono, resampled to {spec.get('sample_rate')} Hz (soxr, HQ)",
+            "audio": f"downmixed to mono, resampled to {spec.get('sample_rate')} Hz ({run.get('resampler', '?')})",
             "spectrogram": f"Hann {spec.get('win_length')}, n_fft {spec.get('n_fft')}, hop {spec.get('hop_length')}; "
             f"{spec.get('n_mels')} mel bins {spec.get('f_min')}–{spec.get('f_max')} Hz; ln(max(mel, {spec.get('log_floor')}))",
             "framing": f"clips of {spec.get('clip_frames')} frames of {spec.get('frame_hops')} hops; training windows of "
@@ -103,7 +103,7 @@ def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None)
         "Post-processing": {
             "descriptors": "; ".join(f"{k}: {v}" for k, v in ev.get("descriptors", {}).items()) or "not run",
             "feature sets": "; ".join(f"{k}: {v}" for k, v in ev.get("feature_sets", {}).items()) or "not run",
-            "classifiers": "logistic regression (standardised, class-balanced), random forest (200 trees, class-balanced)",
+            "classifiers": "; ".join(f"{k}: {v}" for k, v in ev.get("classifiers", {}).items()) or "not run",
             "interpretation": "integrated gradients and gradient x input (Captum) of the linear score; boundary walks along the "
             "hyperplane normal; PCA and UMAP"
             if interp

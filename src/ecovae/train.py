@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ecovae import __version__
+from ecovae.audio import RESAMPLER
 from ecovae.files import atomic_file
 from ecovae.model import SoundscapeVAE, VAEConfig, preset
 from ecovae.run import (
@@ -563,6 +564,7 @@ def train(
         "recordings": str(Path(recordings).resolve()),
         "labels": str(labels_csv) if labels_csv else None,
         "seed": tcfg.seed,
+        "resampler": " ".join(RESAMPLER.values()),
         "global_step": int(trainer.global_step),
         "attempts": len(attempts),
         "attempt_log": attempts,  # each attempt's start, steps and wall time (to its last checkpoint if killed)
