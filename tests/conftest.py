@@ -22,6 +22,20 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def logmel_cache(tmp_path_factory) -> Path:
+    """Training's log-mel cache in the session's temporary folder, never the user's home (child processes
+    inherit it through the environment)."""
+    old = os.environ.get("ECOVAE_CACHE")
+    folder = tmp_path_factory.mktemp("logmel_cache")
+    os.environ["ECOVAE_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("ECOVAE_CACHE", None)
+    else:
+        os.environ["ECOVAE_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "MANIFEST.csv").is_file():

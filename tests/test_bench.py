@@ -23,6 +23,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         "encode_engines.py",
         "resume_index.py",
         "representation.py",
+        "train_memory.py",
     ],
 )
 def test_benchmark_smoke(script, shared_data, tmp_path):
@@ -50,6 +51,11 @@ def test_benchmark_smoke(script, shared_data, tmp_path):
         assert tasks == {"sim: site per site-day", "sim: habitat per site-day"}
         assert len(result["table"]) == 2 * 2 * 3 * 2 and all(0 <= r["mean"] <= 1 for r in result["table"])
         assert out.with_suffix(".md").read_text().count("| vae |") == 2 * 3
+    elif script == "train_memory.py":  # both ways of reading, each size, every figure there
+        assert {(r["mode"], r["hours"]) for r in result["rows"]} == {
+            (m, h) for m in ("in memory", "streamed") for h in (0.1, 0.2)
+        }
+        assert all(r["peak_rss_mb"] > 0 and r["steps_per_s"] > 0 for r in result["rows"])
     elif script == "encode_engines.py":
         assert [r["files"] for r in result["rows"]] == [4, 4] and result["rows_equal"]
         assert result["max_mu_difference"] < 1e-4

@@ -15,7 +15,7 @@ LAYERS = [
     {"audio"},
     {"spectrogram"},
     {"survey", "plots"},
-    {"model"},
+    {"model", "logmel_cache"},
     {"run", "latents", "summary"},
     {"recorder_offsets"},
     {"train", "encode"},

@@ -118,6 +118,13 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
     ] = False,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            help="Log-mel cache folder, reused by later runs on the same recordings "
+            "(default $ECOVAE_CACHE, else ~/.cache/ecovae)."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose")] = False,
 ) -> None:
@@ -147,7 +154,9 @@ def train(
     try:
         with _user_errors():
             tcfg = train_preset(preset, **given)
-            manifest = run_training(recordings, out, tcfg, labels_csv=labels, resume=resume, progress=not quiet)
+            manifest = run_training(
+                recordings, out, tcfg, labels_csv=labels, resume=resume, progress=not quiet, cache=cache
+            )
     except TrainingStopped as e:
         _fail(str(e), code=143)  # 128 + SIGTERM: a scheduler sees the job did not finish
     if manifest is not None:  # None: a later process of a distributed run; the first one reports

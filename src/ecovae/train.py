@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from ecovae import __version__
 from ecovae.audio import RESAMPLER
 from ecovae.files import atomic_file
+from ecovae.logmel_cache import CachedRecording, cache_survey
 from ecovae.model import SoundscapeVAE, VAEConfig, preset
 from ecovae.run import (
     CONFIG_FILE,
@@ -121,6 +122,8 @@ def train_preset(name: str, **overrides) -> TrainConfig:
 
 @dataclass
 class LoadedRecording:
+    """A recording's log-mel held in memory (tests, small jobs); training reads :class:`CachedRecording`."""
+
     relpath: str
     labels: dict[str, str]
     clips: list[torch.Tensor]  # each (hops, mels), whole frames
@@ -129,28 +132,12 @@ class LoadedRecording:
     def n_frames(self) -> int:
         return sum(c.shape[0] for c in self.clips) // SpectrogramConfig.frame_hops
 
-
-@dataclass
-class SurveyData:
-    recordings: list[LoadedRecording]
-    skipped: dict[str, str]  # relpath -> reason
-    n_files: int
-    seconds: float
-
-
-def load_survey(
-    root: Path | str,
-    labels_csv: Path | str | None = None,
-    spec: SpectrogramConfig = SpectrogramConfig(),
-    progress: bool = True,
-) -> SurveyData:
-    """Log-mel clips of every readable recording under root; broken files are logged and skipped."""
-    survey = open_survey(root, labels_csv, spec)
-    recordings, seconds = [], 0.0
-    for rec, clips in survey.recordings(progress="Spectrograms" if progress else None):
-        recordings.append(LoadedRecording(rec.relpath, rec.labels, [c.logmel for c in clips]))
-        seconds += rec.duration_s
-    return SurveyData(recordings, survey.skipped, len(survey.files), seconds)
+    def statistics(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """Hops, and per-mel sum and sum of squares."""
+        hops = sum(c.shape[0] for c in self.clips)
+        s = sum(c.sum(0, dtype=torch.float64) for c in self.clips)
+        s2 = sum((c.double() ** 2).sum(0) for c in self.clips)
+        return hops, np.asarray(s), np.asarray(s2)
 
 
 def split_by_recording(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -169,7 +156,13 @@ class WindowDataset(Dataset):
     ``stride`` (frames) spaces the starts; None: the window's length, for validation.
     """
 
-    def __init__(self, recordings: list[LoadedRecording], window_frames: int, frame_hops: int, stride: int | None = 1):
+    def __init__(
+        self,
+        recordings: list[LoadedRecording | CachedRecording],
+        window_frames: int,
+        frame_hops: int,
+        stride: int | None = 1,
+    ):
         self.clips = [c for r in recordings for c in r.clips]
         self.index: list[tuple[int, int, int]] = []  # (clip, first hop, hops)
         for i, c in enumerate(self.clips):
@@ -232,14 +225,14 @@ class WindowBatches(torch.utils.data.Sampler):
         return len(self._batches())
 
 
-def input_statistics(recordings: list[LoadedRecording]) -> tuple[torch.Tensor, torch.Tensor]:
+def input_statistics(recordings: list[LoadedRecording | CachedRecording]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-mel-bin mean and standard deviation of the training log-mel."""
-    total = sum(c.shape[0] for r in recordings for c in r.clips)
-    s = sum(c.sum(0, dtype=torch.float64) for r in recordings for c in r.clips)
-    s2 = sum((c.double() ** 2).sum(0) for r in recordings for c in r.clips)
-    mean = s / total
-    std = (s2 / total - mean**2).clamp_min(1e-6).sqrt()
-    return mean.float(), std.float()
+    stats = [r.statistics() for r in recordings]
+    total = sum(n for n, _, _ in stats)
+    mean = sum(s for _, s, _ in stats) / total
+    var = sum(s2 for _, _, s2 in stats) / total - mean**2
+    std = np.sqrt(np.maximum(var, 1e-6))
+    return torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------- the module
@@ -424,8 +417,12 @@ def train(
     labels_csv: Path | str | None = None,
     resume: bool = False,
     progress: bool = True,
+    cache: Path | str | None = None,
 ) -> dict | None:
     """Train a VAE on the recordings under ``recordings``; returns the run manifest.
+
+    Their log-mel is computed once into the cache (``cache``, default
+    :func:`ecovae.logmel_cache.default_cache_dir`), and windows are read from there.
 
     With ``resume``, the run's saved settings are used, except those in
     RESUMABLE, which are taken from ``tcfg`` (so --max-steps can extend a run),
@@ -457,23 +454,24 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
 
     L.seed_everything(tcfg.seed, workers=True, verbose=False)
-    data = load_survey(recordings, labels_csv, spec, progress=progress)
-    if not data.recordings:
-        raise RuntimeError(f"{recordings}: no usable recordings ({len(data.skipped)} skipped)")
-    longest = max(r.n_frames for r in data.recordings)
+    survey = open_survey(recordings, labels_csv, spec)
+    data = cache_survey(survey, cache, progress=progress)
+    if not data:
+        raise RuntimeError(f"{recordings}: no usable recordings ({len(survey.skipped)} skipped)")
+    longest = max(r.n_frames for r in data)
     window = min(tcfg.window_frames, longest)
     if window < tcfg.window_frames:
         log.warning("recordings are short: training on windows of %d frames instead of %d", window, tcfg.window_frames)
-    shorter = [r.relpath for r in data.recordings if r.n_frames < window]
+    shorter = [r.relpath for r in data if r.n_frames < window]
     if shorter:
         log.info(
             "%d recordings are shorter than the %d-frame window: trained on windows of their own length",
             len(shorter),
             window,
         )
-    train_idx, val_idx = split_by_recording(len(data.recordings), tcfg.val_fraction, tcfg.seed)
-    train_recs = [data.recordings[i] for i in train_idx]
-    val_recs = [data.recordings[i] for i in val_idx]
+    train_idx, val_idx = split_by_recording(len(data), tcfg.val_fraction, tcfg.seed)
+    train_recs = [data[i] for i in train_idx]
+    val_recs = [data[i] for i in val_idx]
     train_ds = WindowDataset(train_recs, window, spec.frame_hops)
     val_ds = WindowDataset(val_recs, window, spec.frame_hops, stride=None)
 
@@ -580,10 +578,10 @@ def train(
             "precision": str(trainer.precision),
         },
         "data": {
-            "files_found": data.n_files,
-            "recordings_used": len(data.recordings),
-            "hours": round(data.seconds / 3600, 4),
-            "skipped": data.skipped,
+            "files_found": len(survey.files),
+            "recordings_used": len(data),
+            "hours": round(sum(r.seconds for r in data) / 3600, 4),
+            "skipped": survey.skipped,
             "window_frames": window,
             "shorter_than_window": shorter,  # trained on windows of their own length
             "train_recordings": [r.relpath for r in train_recs],
