@@ -154,3 +154,45 @@ def test_every_feature_set_is_scored_on_the_same_units_and_folds():
     folds = ev.predictions.groupby(["features", "descriptor"]).apply(lambda g: tuple(g.sort_values("unit")["fold"]))
     assert folds.nunique() == 1  # one set of folds for every row
     assert (ev.predictions.groupby(["features", "descriptor"])["unit"].nunique() == 12).all()
+
+
+@pytest.mark.parametrize("name", ["TimeAveraged", "MixtureMoments", "MixtureSampleClassifier"])
+def test_descriptors_pass_scikit_learns_estimator_checks_where_the_input_can_be_a_posterior(name):
+    """The checks that feed 3 or 5 columns cannot apply: a posterior's columns are [mu | log var], in pairs,
+    and the descriptors refuse an odd width with a clear message. The mixture classifier reads the second
+    column of the checks' blobs as a log variance, so its samples are mostly noise (check_classifiers_train),
+    and its inner LogisticRegression refuses a single class (check_classifiers_one_label)."""
+    import warnings
+
+    from sklearn.utils.estimator_checks import check_estimator
+
+    from ecovae import descriptors
+
+    est = (
+        getattr(descriptors, name)()
+        if name != "MixtureSampleClassifier"
+        else descriptors.MixtureSampleClassifier(n_samples=4)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = check_estimator(est, on_fail=None)
+    failed = [r for r in results if r["status"] == "failed"]
+    odd_width = [r for r in failed if "an even number" in str(r["exception"])]
+    other = {r["check_name"] for r in failed} - {r["check_name"] for r in odd_width}
+    allowed = {"check_classifiers_train", "check_classifiers_one_label"} if name == "MixtureSampleClassifier" else set()
+    assert other <= allowed, other
+    assert sum(r["status"] == "passed" for r in results) >= 30
+    fitted = (
+        est.fit(np.zeros((4, 6)), ["a", "b", "a", "b"])
+        if name == "MixtureSampleClassifier"
+        else est.fit([np.zeros((3, 6))])
+    )
+    assert fitted.n_features_in_ == 6
+    if name != "MixtureSampleClassifier":
+        names = list(fitted.get_feature_names_out())
+        assert (
+            names[:3] == ["mean_000", "mean_001", "mean_002"]
+            and len(names) == fitted.transform([np.zeros((2, 6))]).shape[1]
+        )
+        with pytest.raises(ValueError, match="X has 4 features, but .* expecting 6"):
+            fitted.transform([np.zeros((2, 4))])

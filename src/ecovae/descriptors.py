@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_array, check_is_fitted
 
 from ecovae.latents import FEATURE_SETS, RESERVED, is_feature_column
 
@@ -157,28 +157,81 @@ def _split(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x[:, :d], x[:, d:]
 
 
-class TimeAveraged(TransformerMixin, BaseEstimator):
-    """Mean of mu over a recording's frames: (n_recordings, D)."""
+def as_units(X, n_features: int | None = None, who: str = "the descriptor") -> list[np.ndarray]:
+    """Descriptors' input, checked: a list of units, each a (frames, 2D) array [mu | log var].
+
+    A 2-D array is taken as units of one frame each (its rows), so the descriptors
+    also work on per-frame tables. ``n_features``: the width seen when fitting.
+    Log var may be -inf (point values: variance 0); NaN and other infinities are errors.
+    """
+    import scipy.sparse
+
+    if scipy.sparse.issparse(X):
+        raise TypeError(f"{who} does not take sparse input: pass a list of dense (frames, 2D) arrays")
+    if isinstance(X, np.ndarray | pd.DataFrame) or (hasattr(X, "__array__") and not isinstance(X, Sequence)):
+        rows = check_array(X, dtype=np.float64, ensure_all_finite=False)
+        units = [r[None, :] for r in rows]
+    elif isinstance(X, Sequence) and len(X) and all(np.ndim(u) == 1 for u in X):  # rows of a table
+        units = [r[None, :] for r in check_array(X, dtype=np.float64, ensure_all_finite=False)]
+    elif isinstance(X, Sequence) and len(X):
+        units = [np.asarray(u, dtype=np.float64) for u in X]
+    else:
+        raise ValueError(
+            "descriptors take a list of units, each a (frames, 2D) array [mu | log var], or a 2-D array of "
+            f"single frames; got {type(X).__name__} of shape {np.shape(X)}"
+        )
+    widths = {u.shape[1] if u.ndim == 2 else -1 for u in units}
+    if len(widths) != 1 or -1 in widths or any(len(u) == 0 for u in units):
+        raise ValueError("every unit must be a non-empty (frames, 2D) array of one width [mu | log var]")
+    width = widths.pop()
+    bad = "Input contains NaN or infinity (only log var may be -inf, for point values)"
+    if any(np.isnan(u).any() or (u == np.inf).any() for u in units):
+        raise ValueError(bad)
+    if n_features is not None and width != n_features:
+        raise ValueError(f"X has {width} features, but {who} is expecting {n_features} features as input")
+    if width < 2 or width % 2:
+        raise ValueError(f"a unit's columns are [mu | log var], an even number; got n_features = {width}")
+    if any(not np.isfinite(u[:, : width // 2]).all() for u in units):
+        raise ValueError(bad)
+    return units
+
+
+class _Descriptor(TransformerMixin, BaseEstimator):
+    prefixes: tuple[str, ...] = ()
 
     def fit(self, X, y=None):
-        self.n_features_out_ = _split(X[0])[0].shape[1]
+        units = as_units(X, who=type(self).__name__)
+        self.n_features_in_ = units[0].shape[1]
         return self
+
+    def _units(self, X) -> list[np.ndarray]:
+        check_is_fitted(self)
+        return as_units(X, self.n_features_in_, type(self).__name__)
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        check_is_fitted(self)
+        d = self.n_features_in_ // 2
+        return np.asarray([f"{p}_{i:03d}" for p in self.prefixes for i in range(d)], dtype=object)
+
+
+class TimeAveraged(_Descriptor):
+    """Mean of mu over a unit's frames: (n_units, D)."""
+
+    prefixes = ("mean",)
 
     def transform(self, X) -> np.ndarray:
-        return np.stack([_split(r)[0].mean(0) for r in X])
+        return np.stack([_split(u)[0].mean(0) for u in self._units(X)])
 
 
-class MixtureMoments(TransformerMixin, BaseEstimator):
-    """Mean and variance per dimension of the mixture (1/T) sum_t N(mu_t, sigma_t^2): (n, 2D)."""
+class MixtureMoments(_Descriptor):
+    """Mean and variance per dimension of the mixture (1/T) sum_t N(mu_t, sigma_t^2): (n_units, 2D)."""
 
-    def fit(self, X, y=None):
-        self.n_features_out_ = _split(X[0])[0].shape[1] * 2
-        return self
+    prefixes = ("mean", "var")
 
     def transform(self, X) -> np.ndarray:
         out = []
-        for r in X:
-            mu, logvar = _split(r.astype(np.float64))
+        for u in self._units(X):
+            mu, logvar = _split(u)
             mean = mu.mean(0)
             var = (np.exp(logvar) + mu**2).mean(0) - mean**2  # law of total variance
             out.append(np.concatenate([mean, np.maximum(var, 0.0)]))
@@ -200,27 +253,37 @@ class MixtureSampleClassifier(ClassifierMixin, BaseEstimator):
         self.n_samples = n_samples
         self.random_state = random_state
 
-    def _samples(self, X, rng) -> np.ndarray:
-        return np.concatenate([sample_mixture(r, self.n_samples, rng) for r in X])
+    def _samples(self, units: list[np.ndarray], rng) -> np.ndarray:
+        return np.concatenate([sample_mixture(u.astype(np.float32), self.n_samples, rng) for u in units])
 
     def fit(self, X, y):
         from sklearn.linear_model import LogisticRegression
+        from sklearn.utils.multiclass import check_classification_targets
 
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
+        units = as_units(X, who=type(self).__name__)
         y = np.asarray(y)
+        check_classification_targets(y)
+        if len(y) != len(units):
+            raise ValueError(f"{len(units)} units but {len(y)} labels")
+        self.n_features_in_ = units[0].shape[1]
         rng = np.random.default_rng(self.random_state)
         base = self.estimator if self.estimator is not None else LogisticRegression(max_iter=2000)
-        self.estimator_ = clone(base).fit(self._samples(X, rng), np.repeat(y, self.n_samples))
+        self.estimator_ = clone(base).fit(self._samples(units, rng), np.repeat(y, self.n_samples))
         self.classes_ = self.estimator_.classes_
         return self
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self)
+        units = as_units(X, self.n_features_in_, type(self).__name__)
         rng = np.random.default_rng(self.random_state + 1)
-        p = self.estimator_.predict_proba(self._samples(X, rng))
-        return p.reshape(len(X), self.n_samples, -1).mean(1)
+        p = self.estimator_.predict_proba(self._samples(units, rng))
+        return p.reshape(len(units), self.n_samples, -1).mean(1)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(1)]
+        proba = self.predict_proba(X)  # checks it is fitted
+        return self.classes_[proba.argmax(1)]
 
 
 DESCRIPTORS = ("mean", "moments", "mixture")
