@@ -26,8 +26,14 @@ from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
+import lightning as L  # train is imported only to train (the CLI imports it lazily)
 import numpy as np
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
 from ecovae import __version__
@@ -45,7 +51,7 @@ from ecovae.run import (
     write_json,
 )
 from ecovae.spectrogram import SpectrogramConfig
-from ecovae.survey import open_survey
+from ecovae.survey import Survey, open_survey
 
 log = logging.getLogger(__name__)
 
@@ -238,111 +244,96 @@ def input_statistics(recordings: list[LoadedRecording | CachedRecording]) -> tup
 # --------------------------------------------------------------------------- the module
 
 
-def _lightning_module_class():
-    import lightning as L  # heavy: imported when training starts, not with the CLI
+class LitVAE(L.LightningModule):
+    def __init__(self, model_config: dict, train_config: dict):
+        super().__init__()
+        self.save_hyperparameters()
+        self.tcfg = TrainConfig(**train_config)
+        # channels-last: the convolutions' fast layout on CPUs (and GPUs): a tiny step takes 3/4 of the time
+        self.model = SoundscapeVAE(VAEConfig.from_dict(model_config)).to(memory_format=torch.channels_last)
 
-    class LitVAE(L.LightningModule):
-        def __init__(self, model_config: dict, train_config: dict):
-            super().__init__()
-            self.save_hyperparameters()
-            self.tcfg = TrainConfig(**train_config)
-            # channels-last: the convolutions' fast layout on CPUs (and GPUs): a tiny step takes 3/4 of the time
-            self.model = SoundscapeVAE(VAEConfig.from_dict(model_config)).to(memory_format=torch.channels_last)
+    def beta(self) -> float:
+        cfg = self.model.cfg
+        if cfg.kl_warmup_steps <= 0:
+            return cfg.beta
+        return cfg.beta * min(1.0, self.global_step / cfg.kl_warmup_steps)
 
-        def beta(self) -> float:
-            cfg = self.model.cfg
-            if cfg.kl_warmup_steps <= 0:
-                return cfg.beta
-            return cfg.beta * min(1.0, self.global_step / cfg.kl_warmup_steps)
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        out = self.model.loss(batch.contiguous(memory_format=torch.channels_last), beta=self.beta())
+        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=False)
+        self.log("loss", out["loss"].detach(), prog_bar=True, logger=False)
+        return out["loss"]
 
-        def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-            out = self.model.loss(batch.contiguous(memory_format=torch.channels_last), beta=self.beta())
-            self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=False)
-            self.log("loss", out["loss"].detach(), prog_bar=True, logger=False)
-            return out["loss"]
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        out = self.model.loss(batch.contiguous(memory_format=torch.channels_last))
+        # sync_dist: with several processes, each validates a share; the logged value is their mean
+        self.log_dict({f"val/{k}": v for k, v in out.items()}, batch_size=batch.shape[0], sync_dist=True)
 
-        def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-            out = self.model.loss(batch.contiguous(memory_format=torch.channels_last))
-            # sync_dist: with several processes, each validates a share; the logged value is their mean
-            self.log_dict({f"val/{k}": v for k, v in out.items()}, batch_size=batch.shape[0], sync_dist=True)
-
-        def configure_optimizers(self):
-            opt = torch.optim.AdamW(
-                [p for p in self.parameters() if p.requires_grad],
-                lr=self.tcfg.learning_rate,
-                weight_decay=self.tcfg.weight_decay,
-            )
-            total = max(1, self.tcfg.max_steps)
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-            )
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    return LitVAE
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(
+            [p for p in self.parameters() if p.requires_grad],
+            lr=self.tcfg.learning_rate,
+            weight_decay=self.tcfg.weight_decay,
+        )
+        total = max(1, self.tcfg.max_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def _export_callback_class():
-    import lightning as L
+class ExportWeights(L.Callback):
+    """Rewrite model.safetensors whenever a checkpoint is saved, so a killed run still has weights."""
 
-    class ExportWeights(L.Callback):
-        """Rewrite model.safetensors whenever a checkpoint is saved, so a killed run still has weights."""
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
 
-        def __init__(self, run_dir: Path):
-            self.run_dir = run_dir
-
-        def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-            if trainer.is_global_zero:
-                save_weights(pl_module.model, self.run_dir)
-
-    return ExportWeights
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if trainer.is_global_zero:
+            save_weights(pl_module.model, self.run_dir)
 
 
 STOPPED_CHECKPOINT = "stopped.ckpt"
 
 
-def _run_callbacks(ckpt_dir: Path):
-    """Lightning callbacks that keep a run's history and save it when it is stopped."""
-    import lightning as L
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
+class RunHistory(L.Callback):
+    """The held-out score before training and every attempt's steps and time, kept in the
+    checkpoints, so a resumed run reports its whole history (a killed attempt wrote no run.json)."""
 
-    class RunHistory(L.Callback):
-        """The held-out score before training and every attempt's steps and time, kept in the
-        checkpoints, so a resumed run reports its whole history (a killed attempt wrote no run.json)."""
+    def __init__(self, heldout_initial: dict | None):
+        self.heldout_initial = heldout_initial
+        self.previous: list[dict] = []
+        self.current = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_step": 0, "to_step": 0}
+        self.t0 = time.time()
 
-        def __init__(self, heldout_initial: dict | None):
-            self.heldout_initial = heldout_initial
-            self.previous: list[dict] = []
-            self.current = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_step": 0, "to_step": 0}
-            self.t0 = time.time()
+    @property
+    def attempts(self) -> list[dict]:
+        return [*self.previous, {**self.current, "wall_time_s": round(time.time() - self.t0, 2)}]
 
-        @property
-        def attempts(self) -> list[dict]:
-            return [*self.previous, {**self.current, "wall_time_s": round(time.time() - self.t0, 2)}]
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.current["from_step"] = self.current["to_step"] = int(trainer.global_step)
 
-        def on_train_start(self, trainer, pl_module) -> None:
-            self.current["from_step"] = self.current["to_step"] = int(trainer.global_step)
+    def on_train_batch_end(self, trainer, *args) -> None:
+        self.current["to_step"] = int(trainer.global_step)
 
-        def on_train_batch_end(self, trainer, *args) -> None:
-            self.current["to_step"] = int(trainer.global_step)
+    def state_dict(self) -> dict:
+        return {"heldout_initial": self.heldout_initial, "attempts": self.attempts}
 
-        def state_dict(self) -> dict:
-            return {"heldout_initial": self.heldout_initial, "attempts": self.attempts}
-
-        def load_state_dict(self, state: dict) -> None:
-            self.heldout_initial = self.heldout_initial or state.get("heldout_initial")
-            self.previous = list(state.get("attempts", []))
-
-    class CheckpointOnStop(L.Callback):
-        """On SIGTERM (a scheduler's notice) or Ctrl-C, save where training stopped."""
-
-        def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-            if isinstance(exception, SIGTERMException | KeyboardInterrupt):
-                trainer.save_checkpoint(ckpt_dir / STOPPED_CHECKPOINT)
-
-    return RunHistory, CheckpointOnStop
+    def load_state_dict(self, state: dict) -> None:
+        self.heldout_initial = self.heldout_initial or state.get("heldout_initial")
+        self.previous = list(state.get("attempts", []))
 
 
-def _checkpoint_io():
+class CheckpointOnStop(L.Callback):
+    """On SIGTERM (a scheduler's notice) or Ctrl-C, save where training stopped."""
+
+    def __init__(self, ckpt_dir: Path):
+        self.ckpt_dir = ckpt_dir
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException | KeyboardInterrupt):
+            trainer.save_checkpoint(self.ckpt_dir / STOPPED_CHECKPOINT)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, made atomic in the run folder itself.
 
     Lightning writes through a temporary file in /tmp and then copies it over
@@ -350,16 +341,12 @@ def _checkpoint_io():
     temporary file is beside the checkpoint, flushed to disk, then renamed, so
     a checkpoint is whole or absent.
     """
-    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_file(path) as tmp, tmp.open("wb") as f:
-                torch.save(checkpoint, f)  # through a file object: a full disk is an OSError, not a RuntimeError
-
-    return AtomicCheckpointIO()
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as tmp, tmp.open("wb") as f:
+            torch.save(checkpoint, f)  # through a file object: a full disk is an OSError, not a RuntimeError
 
 
 class TrainingStopped(Exception):
@@ -409,57 +396,34 @@ def evaluate(model: SoundscapeVAE, dataset: WindowDataset, batch_size: int = 16,
 # --------------------------------------------------------------------------- train
 
 
-def train(
+@dataclass
+class TrainingData:
+    """The survey as training sees it: recordings in the log-mel cache, split by recording, as windows."""
+
+    survey: Survey
+    recordings: list[CachedRecording]
+    window: int  # frames per training window (the setting, or the longest recording if shorter)
+    shorter: list[str]  # recordings shorter than the window: trained on windows of their own length
+    train: list[CachedRecording]
+    val: list[CachedRecording]
+    train_ds: WindowDataset
+    val_ds: WindowDataset
+
+
+def training_data(
     recordings: Path | str,
-    run_dir: Path | str,
+    labels_csv: Path | str | None,
+    spec: SpectrogramConfig,
     tcfg: TrainConfig,
-    mcfg: VAEConfig | None = None,
-    labels_csv: Path | str | None = None,
-    resume: bool = False,
-    progress: bool = True,
     cache: Path | str | None = None,
-) -> dict | None:
-    """Train a VAE on the recordings under ``recordings``; returns the run manifest.
-
-    Their log-mel is computed once into the cache (``cache``, default
-    :func:`ecovae.logmel_cache.default_cache_dir`), and windows are read from there.
-
-    With ``resume``, the run's saved settings are used, except those in
-    RESUMABLE, which are taken from ``tcfg`` (so --max-steps can extend a run),
-    and training continues from the newest readable checkpoint. In a
-    distributed run, processes other than the first return None. Stopped by
-    SIGTERM or Ctrl-C, it saves a checkpoint and raises :class:`TrainingStopped`.
-    """
-    import lightning as L
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-    from lightning.pytorch.loggers import CSVLogger
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    _quiet_lightning()
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    spec = SpectrogramConfig()
-    resume_from = None
-    if resume:
-        resume_from = newest_readable_checkpoint(ckpt_dir)
-        saved = json.loads((run_dir / CONFIG_FILE).read_text())
-        mcfg = VAEConfig.from_dict(saved["model"])
-        tcfg = replace(TrainConfig(**saved["train"]), **{k: getattr(tcfg, k) for k in RESUMABLE})
-    else:
-        # (later processes of a distributed run start after the first wrote its files)
-        if rank_zero_only.rank == 0 and any(ckpt_dir.glob("*.ckpt")):
-            raise FileExistsError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
-        mcfg = mcfg or preset(tcfg.preset)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-    L.seed_everything(tcfg.seed, workers=True, verbose=False)
+    progress: bool = False,
+) -> TrainingData:
+    """Read the survey into the log-mel cache (once), split it by recording, and cut it into windows."""
     survey = open_survey(recordings, labels_csv, spec)
     data = cache_survey(survey, cache, progress=progress)
     if not data:
         raise RuntimeError(f"{recordings}: no usable recordings ({len(survey.skipped)} skipped)")
-    longest = max(r.n_frames for r in data)
-    window = min(tcfg.window_frames, longest)
+    window = min(tcfg.window_frames, max(r.n_frames for r in data))
     if window < tcfg.window_frames:
         log.warning("recordings are short: training on windows of %d frames instead of %d", window, tcfg.window_frames)
     shorter = [r.relpath for r in data if r.n_frames < window]
@@ -470,33 +434,35 @@ def train(
             window,
         )
     train_idx, val_idx = split_by_recording(len(data), tcfg.val_fraction, tcfg.seed)
-    train_recs = [data[i] for i in train_idx]
-    val_recs = [data[i] for i in val_idx]
-    train_ds = WindowDataset(train_recs, window, spec.frame_hops)
-    val_ds = WindowDataset(val_recs, window, spec.frame_hops, stride=None)
+    train_recs, val_recs = [data[i] for i in train_idx], [data[i] for i in val_idx]
+    return TrainingData(
+        survey,
+        data,
+        window,
+        shorter,
+        train_recs,
+        val_recs,
+        WindowDataset(train_recs, window, spec.frame_hops),
+        WindowDataset(val_recs, window, spec.frame_hops, stride=None),
+    )
 
-    LitVAE = _lightning_module_class()
-    module = LitVAE(mcfg.to_dict(), asdict(tcfg))
-    heldout_initial = None
-    if not resume:
-        mean, std = input_statistics(train_recs)
-        module.model.input_mean.copy_(mean)
-        module.model.input_std.copy_(std)
-        if rank_zero_only.rank == 0:
-            heldout_initial = evaluate(module.model, val_ds, seed=tcfg.seed) if len(val_ds) else None
-            write_json(
-                run_dir / CONFIG_FILE,
-                {
-                    "model": mcfg.to_dict(),
-                    "spectrogram": spec.to_dict(),
-                    "train": asdict(tcfg),
-                    "window_frames": window,
-                },
-            )
 
-    RunHistory, CheckpointOnStop = _run_callbacks(ckpt_dir)
-    history = RunHistory(heldout_initial)
-    data_module = _window_data_class()(train_ds, val_ds, tcfg)
+def _settings(run_dir: Path, tcfg: TrainConfig, mcfg: VAEConfig | None, resume: bool):
+    """(training settings, model settings, checkpoint to resume from): a resumed run keeps its saved
+    settings except those in RESUMABLE, which come from ``tcfg`` (so --max-steps can extend it)."""
+    ckpt_dir = run_dir / "checkpoints"
+    if resume:
+        saved = json.loads((run_dir / CONFIG_FILE).read_text())
+        tcfg = replace(TrainConfig(**saved["train"]), **{k: getattr(tcfg, k) for k in RESUMABLE})
+        return tcfg, VAEConfig.from_dict(saved["model"]), newest_readable_checkpoint(ckpt_dir)
+    # (later processes of a distributed run start after the first wrote its files)
+    if rank_zero_only.rank == 0 and any(ckpt_dir.glob("*.ckpt")):
+        raise FileExistsError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
+    return tcfg, mcfg or preset(tcfg.preset), None
+
+
+def _trainer(run_dir: Path, tcfg: TrainConfig, history: RunHistory, has_val: bool, progress: bool) -> L.Trainer:
+    ckpt_dir = run_dir / "checkpoints"
     checkpoints = [
         ModelCheckpoint(
             dirpath=ckpt_dir,
@@ -515,7 +481,7 @@ def train(
             save_top_k=1,
         ),
     ]
-    trainer = L.Trainer(
+    return L.Trainer(
         default_root_dir=run_dir,
         max_steps=tcfg.max_steps,
         max_epochs=-1,
@@ -524,39 +490,33 @@ def train(
         num_nodes=tcfg.num_nodes,
         strategy=tcfg.strategy,
         precision=tcfg.precision,
-        plugins=[_checkpoint_io()],
+        plugins=[AtomicCheckpointIO()],
         logger=CSVLogger(run_dir, name="logs"),
-        callbacks=[*checkpoints, _export_callback_class()(run_dir), history, CheckpointOnStop()]
+        callbacks=[*checkpoints, ExportWeights(run_dir), history, CheckpointOnStop(ckpt_dir)]
         + ([TQDMProgressBar()] if progress else []),
         log_every_n_steps=tcfg.log_every,
-        val_check_interval=tcfg.val_every if len(val_ds) else None,
+        val_check_interval=tcfg.val_every if has_val else None,
         check_val_every_n_epoch=None,
-        limit_val_batches=1.0 if len(val_ds) else 0,
+        limit_val_batches=1.0 if has_val else 0,
         num_sanity_val_steps=0,
         enable_progress_bar=progress,
         enable_model_summary=False,
         deterministic=False,
         use_distributed_sampler=False,  # WindowBatches gives each process its share
     )
-    try:
-        trainer.fit(module, datamodule=data_module, ckpt_path=resume_from, weights_only=True)
-    except (SIGTERMException, KeyboardInterrupt):
-        raise TrainingStopped(
-            f"stopped at step {trainer.global_step}; saved {ckpt_dir / STOPPED_CHECKPOINT}. "
-            f"Continue with the same command and --resume"
-        ) from None
 
-    # The end state: final weights, joined metrics, held-out scores and the manifest.
-    trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # every process calls it; the first writes
-    if not trainer.is_global_zero:
-        return None
-    (ckpt_dir / STOPPED_CHECKPOINT).unlink(missing_ok=True)  # last.ckpt is newer
-    model = module.model.cpu()
-    save_weights(model, run_dir)
-    combine_metrics(run_dir)
-    heldout_final = evaluate(model, val_ds, seed=tcfg.seed) if len(val_ds) else None
+
+def _manifest(
+    recordings: Path | str,
+    labels_csv: Path | str | None,
+    tcfg: TrainConfig,
+    trainer: L.Trainer,
+    history: RunHistory,
+    data: TrainingData,
+    heldout_final: dict | None,
+) -> dict:
     attempts = history.attempts
-    manifest = {
+    return {
         "ecovae_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "recordings": str(Path(recordings).resolve()),
@@ -578,19 +538,84 @@ def train(
             "precision": str(trainer.precision),
         },
         "data": {
-            "files_found": len(survey.files),
-            "recordings_used": len(data),
-            "hours": round(sum(r.seconds for r in data) / 3600, 4),
-            "skipped": survey.skipped,
-            "window_frames": window,
-            "shorter_than_window": shorter,  # trained on windows of their own length
-            "train_recordings": [r.relpath for r in train_recs],
-            "val_recordings": [r.relpath for r in val_recs],
-            "train_windows": len(train_ds),
-            "val_windows": len(val_ds),
+            "files_found": len(data.survey.files),
+            "recordings_used": len(data.recordings),
+            "hours": round(sum(r.seconds for r in data.recordings) / 3600, 4),
+            "skipped": data.survey.skipped,
+            "window_frames": data.window,
+            "shorter_than_window": data.shorter,  # trained on windows of their own length
+            "train_recordings": [r.relpath for r in data.train],
+            "val_recordings": [r.relpath for r in data.val],
+            "train_windows": len(data.train_ds),
+            "val_windows": len(data.val_ds),
         },
         "heldout": {"initial": history.heldout_initial, "final": heldout_final},
     }
+
+
+def train(
+    recordings: Path | str,
+    run_dir: Path | str,
+    tcfg: TrainConfig,
+    mcfg: VAEConfig | None = None,
+    labels_csv: Path | str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    cache: Path | str | None = None,
+) -> dict | None:
+    """Train a VAE on the recordings under ``recordings``; returns the run manifest.
+
+    Their log-mel is computed once into the cache (``cache``, default
+    :func:`ecovae.logmel_cache.default_cache_dir`), and windows are read from there.
+
+    With ``resume``, the run's saved settings are used, except those in
+    RESUMABLE, which are taken from ``tcfg`` (so --max-steps can extend a run),
+    and training continues from the newest readable checkpoint. In a
+    distributed run, processes other than the first return None. Stopped by
+    SIGTERM or Ctrl-C, it saves a checkpoint and raises :class:`TrainingStopped`.
+    """
+    _quiet_lightning()
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    spec = SpectrogramConfig()  # the run's settings start here; everything after reads them from config.json
+    tcfg, mcfg, resume_from = _settings(run_dir, tcfg, mcfg, resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(tcfg.seed, workers=True, verbose=False)
+    data = training_data(recordings, labels_csv, spec, tcfg, cache, progress)
+
+    module = LitVAE(mcfg.to_dict(), asdict(tcfg))
+    heldout_initial = None
+    if resume_from is None:
+        mean, std = input_statistics(data.train)
+        module.model.input_mean.copy_(mean)
+        module.model.input_std.copy_(std)
+        if rank_zero_only.rank == 0:
+            heldout_initial = evaluate(module.model, data.val_ds, seed=tcfg.seed) if len(data.val_ds) else None
+            config = {"model": mcfg.to_dict(), "spectrogram": spec.to_dict(), "train": asdict(tcfg)}
+            write_json(run_dir / CONFIG_FILE, {**config, "window_frames": data.window})
+
+    history = RunHistory(heldout_initial)
+    trainer = _trainer(run_dir, tcfg, history, has_val=len(data.val_ds) > 0, progress=progress)
+    try:
+        trainer.fit(
+            module, datamodule=WindowData(data.train_ds, data.val_ds, tcfg), ckpt_path=resume_from, weights_only=True
+        )
+    except (SIGTERMException, KeyboardInterrupt):
+        raise TrainingStopped(
+            f"stopped at step {trainer.global_step}; saved {ckpt_dir / STOPPED_CHECKPOINT}. "
+            f"Continue with the same command and --resume"
+        ) from None
+
+    # The end state: final weights, joined metrics, held-out scores and the manifest.
+    trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # every process calls it; the first writes
+    if not trainer.is_global_zero:
+        return None
+    (ckpt_dir / STOPPED_CHECKPOINT).unlink(missing_ok=True)  # last.ckpt is newer
+    model = module.model.cpu()
+    save_weights(model, run_dir)
+    combine_metrics(run_dir)
+    heldout_final = evaluate(model, data.val_ds, seed=tcfg.seed) if len(data.val_ds) else None
+    manifest = _manifest(recordings, labels_csv, tcfg, trainer, history, data, heldout_final)
     write_json(run_dir / RUN_FILE, manifest)
     return manifest
 
@@ -618,39 +643,34 @@ def newest_readable_checkpoint(ckpt_dir: Path) -> Path:
     raise RuntimeError(f"{ckpt_dir}: none of the {len(candidates)} checkpoints is readable; start a new run")
 
 
-def _window_data_class():
-    import lightning as L
+class WindowData(L.LightningDataModule):
+    """Training and validation windows, batched by length; each process takes its own share."""
 
-    class WindowData(L.LightningDataModule):
-        """Training and validation windows, batched by length; each process takes its own share."""
+    def __init__(self, train_ds: WindowDataset, val_ds: WindowDataset, tcfg: TrainConfig):
+        super().__init__()
+        self.train_ds, self.val_ds, self.tcfg = train_ds, val_ds, tcfg
 
-        def __init__(self, train_ds: WindowDataset, val_ds: WindowDataset, tcfg: TrainConfig):
-            super().__init__()
-            self.train_ds, self.val_ds, self.tcfg = train_ds, val_ds, tcfg
+    def _loader(self, ds: WindowDataset, shuffle: bool) -> DataLoader:
+        batches = WindowBatches(
+            ds.lengths,
+            self.tcfg.batch_size,
+            shuffle,
+            self.tcfg.seed,
+            self.trainer.world_size,
+            self.trainer.global_rank,
+        )
+        return DataLoader(
+            ds,
+            batch_sampler=batches,
+            num_workers=self.tcfg.num_workers,
+            persistent_workers=self.tcfg.num_workers > 0,
+        )
 
-        def _loader(self, ds: WindowDataset, shuffle: bool) -> DataLoader:
-            batches = WindowBatches(
-                ds.lengths,
-                self.tcfg.batch_size,
-                shuffle,
-                self.tcfg.seed,
-                self.trainer.world_size,
-                self.trainer.global_rank,
-            )
-            return DataLoader(
-                ds,
-                batch_sampler=batches,
-                num_workers=self.tcfg.num_workers,
-                persistent_workers=self.tcfg.num_workers > 0,
-            )
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_ds, shuffle=True)
 
-        def train_dataloader(self) -> DataLoader:
-            return self._loader(self.train_ds, shuffle=True)
-
-        def val_dataloader(self) -> DataLoader:
-            return self._loader(self.val_ds, shuffle=False)
-
-    return WindowData
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_ds, shuffle=False)
 
 
 def _quiet_lightning() -> None:
