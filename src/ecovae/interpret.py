@@ -32,6 +32,7 @@ from ecovae import plots
 from ecovae.audio import open_recording
 from ecovae.descriptors import MixtureMoments, TimeAveraged, Units
 from ecovae.evaluate import linear_classifier
+from ecovae.logmel_cache import cache_survey
 from ecovae.model import SoundscapeVAE
 from ecovae.spectrogram import SpectrogramConfig
 from ecovae.survey import open_survey, recording_clips
@@ -85,18 +86,17 @@ def reconstruction_metrics(
     """Per-pixel MSE and MAE, Gaussian log-likelihood, KL and negative ELBO per frame on held-out recordings."""
     torch.manual_seed(seed)
     totals, frames, images = {}, 0, []
-    survey = open_survey(root, spec=spec, rels=paths)
-    for rec, clips in survey.recordings():
-        rel = rec.relpath
+    for rec in cache_survey(open_survey(root, spec=spec, rels=paths)):  # read once for training: not decoded again
+        rel, clips = rec.relpath, [c[0 : c.shape[0]] for c in rec.clips]
         for clip in clips:
-            x = clip.logmel[None, None]
+            x = clip[None, None]
             parts = model.loss(x)
-            n = clip.n_frames
+            n = clip.shape[0] // spec.frame_hops
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + float(v) * n
             frames += n
         if len(images) < n_images and clips:
-            x = clips[0].logmel[: 8 * spec.frame_hops]
+            x = clips[0][: 8 * spec.frame_hops]
             recon, _, _ = model(x[None, None], sample=False)
             name = f"reconstruction_{len(images)}.png"
             plots.reconstruction(x.numpy(), recon[0, 0].numpy(), rel, out / name)
