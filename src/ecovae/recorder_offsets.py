@@ -9,7 +9,6 @@ Whether it helps is measured by :func:`ecovae.hardware.hardware_check`.
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from ecovae.spectrogram import SpectrogramConfig, mean_logmel
+from ecovae.logmel_cache import cache_survey
+from ecovae.spectrogram import SpectrogramConfig
 from ecovae.survey import open_survey
 
 
@@ -92,16 +92,21 @@ def spectra_table(spectra: np.ndarray, recorders, recorder: str = "recorder") ->
 
 
 def fit_survey_offsets(
-    root: Path, labels_csv: Path | None, column: str, spec: SpectrogramConfig | None = None
+    root: Path, labels_csv: Path | None, column: str, spec: SpectrogramConfig | None = None, cache: Path | None = None
 ) -> RecorderOffsets:
-    """Recorder offsets from every readable recording of a survey (for ``ecovae encode --correct-hardware``)."""
+    """Recorder offsets from every readable recording of a survey (for ``ecovae encode --correct-hardware``).
+
+    Each recording's mean spectrum comes from the log-mel cache's stored sums (computed
+    once; after training on the same recordings, nothing is decoded again).
+    """
     survey = open_survey(root, labels_csv, spec)
     if column not in survey.label_columns:
         raise ValueError(f"no label column {column!r} to correct by; the labels have {survey.label_columns}")
     spectra, recorders = [], []
-    for rec, m in survey.read(partial(mean_logmel, cfg=survey.spec)):
-        if m is not None and rec.labels.get(column):
-            spectra.append(m)
+    for rec in cache_survey(survey, cache):
+        if rec.labels.get(column):
+            hops, total, _ = rec.statistics()
+            spectra.append(total / hops)
             recorders.append(rec.labels[column])
     if not spectra:
         raise ValueError(f"no readable recording has a {column!r} label")

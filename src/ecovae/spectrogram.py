@@ -158,13 +158,3 @@ def expected_frames(rec: Recording, cfg: SpectrogramConfig = SpectrogramConfig()
 def remainder_seconds(rec: Recording, cfg: SpectrogramConfig = SpectrogramConfig()) -> float:
     """Audio after the last whole frame, which is not encoded."""
     return max(0.0, rec.duration_s - expected_frames(rec, cfg) * cfg.frame_seconds)
-
-
-def mean_logmel(rec: Recording, cfg: SpectrogramConfig = SpectrogramConfig()) -> np.ndarray | None:
-    """The recording's mean log-mel spectrum (mels,), streamed clip by clip; None if under one frame."""
-    total, hops = None, 0
-    for clip in iter_clips(rec, cfg):
-        s = clip.logmel.sum(0, dtype=torch.float64)
-        total = s if total is None else total + s
-        hops += clip.logmel.shape[0]
-    return None if total is None else (total / hops).numpy().astype(np.float32)
