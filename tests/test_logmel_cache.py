@@ -98,3 +98,21 @@ def test_processes_sharing_a_cache_compute_each_recording_once(tmp_path):
     assert sorted(entries) == sorted(set(entries)) and len(entries) == 4
     values = [c[0:192].numpy() for r in cache_survey(open_survey(root), cache) for c in r.clips]
     assert all(np.isfinite(v).all() for v in values)
+
+
+def test_a_process_never_holds_more_shards_open_than_its_limit(tmp_path, monkeypatch):
+    from ecovae import logmel_cache
+
+    monkeypatch.setattr(logmel_cache, "SHARD_BYTES", 1)  # every recording its own shard
+    monkeypatch.setattr(logmel_cache, "MAX_OPEN_SHARDS", 2)
+    root, cache = _survey(tmp_path / "survey"), tmp_path / "cache"
+    cached = cache_survey(open_survey(root), cache)
+    assert len({c.file for r in cached for c in r.clips}) == 4
+    for _ in range(2):  # read every shard twice over: descriptors are reused or closed, never piled up
+        for r in cached:
+            assert r.clips[0][0:192].shape == (192, 64)
+    assert len(logmel_cache._FDS) == 2
+    opened = len(os.listdir("/proc/self/fd"))
+    for r in cached:
+        r.clips[0][0:192]
+    assert len(os.listdir("/proc/self/fd")) == opened

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,15 +100,25 @@ class CachedRecording:
         return self.sums
 
 
-_FDS: dict[tuple[int, str], int] = {}
+_FDS: OrderedDict[str, int] = OrderedDict()  # shard -> descriptor, most recently used last
+_FDS_PID = os.getpid()
+MAX_OPEN_SHARDS = 64  # a 10,000 h survey has ~4,500 shards: more than a process may hold open
 
 
 def _fd(file: str) -> int:
-    """An open descriptor per shard and process (DataLoader workers open their own)."""
-    key = (os.getpid(), file)
-    if key not in _FDS:
-        _FDS[key] = os.open(file, os.O_RDONLY)
-    return _FDS[key]
+    """An open descriptor for a shard, per process (DataLoader workers open their own), the least
+    recently used closed beyond ``MAX_OPEN_SHARDS``."""
+    global _FDS_PID
+    if os.getpid() != _FDS_PID:  # a forked worker: the parent's descriptors are not its to close
+        _FDS.clear()
+        _FDS_PID = os.getpid()
+    if file in _FDS:
+        _FDS.move_to_end(file)
+        return _FDS[file]
+    while len(_FDS) >= MAX_OPEN_SHARDS:
+        os.close(_FDS.popitem(last=False)[1])
+    _FDS[file] = os.open(file, os.O_RDONLY)
+    return _FDS[file]
 
 
 def _key(path: Path) -> tuple[str, int, int]:
@@ -168,10 +179,11 @@ class _ShardWriter:
             "sumsq": s2.tolist(),
         }
         self.entries.append(entry)
+        placed_in = {**entry, "file": str(self.data), "mels": self.mels}  # this shard, before a new one opens
         if self.bytes >= SHARD_BYTES:
             self.commit()
             self._open()
-        return {**entry, "file": str(self.data), "mels": self.mels}
+        return placed_in
 
     def commit(self) -> None:
         self.f.close()
