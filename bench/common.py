@@ -61,6 +61,11 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
+def result_name(base: str, smoke: bool, device: str = "cpu") -> str:
+    """``base``, ``base_smoke``, ``base_cuda0``...: a smoke run or another device never overwrites the figures."""
+    return base + ("_smoke" if smoke else "") + ("" if device == "cpu" else "_" + device.replace(":", ""))
+
+
 def write_results(name: str, payload: dict, out: Path | None = None) -> Path:
     """Print and save ``bench/results/<name>.json`` with the machine and versions beside the figures."""
     out = out or RESULTS / f"{name}.json"

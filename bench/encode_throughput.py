@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import device_name, table, tiled_file, timed, write_results
+from common import device_name, result_name, table, tiled_file, timed, write_results
 
 from ecovae import birdnet
 from ecovae.audio import open_recording
@@ -181,11 +181,7 @@ def main() -> None:
     print("\nencoder variants (kept only where cosine >= 0.999):")
     table(variants, ["variant", "clips_per_s", "speedup", "cosine_mu_vs_fp32", "error"])
 
-    name = (
-        "encode_throughput"
-        + ("_smoke" if args.smoke else "")
-        + ("" if args.device == "cpu" else "_" + args.device.replace(":", ""))
-    )
+    name = result_name("encode_throughput", args.smoke, args.device)
     write_results(
         name,
         {

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import device_name, table, write_results
+from common import device_name, result_name, table, write_results
 
 from ecovae.model import SoundscapeVAE, preset
 from ecovae.summary import model_stages
@@ -84,11 +84,7 @@ def main() -> None:
             }
         )
     table(rows, ["preset", "batch", "window_frames", "frames_per_s", "forward_gflop_per_frame", "achieved_gflop_per_s"])
-    name = (
-        "train_throughput"
-        + ("_smoke" if args.smoke else "")
-        + ("" if args.device == "cpu" else "_" + args.device.replace(":", ""))
-    )
+    name = result_name("train_throughput", args.smoke, args.device)
     write_results(
         name,
         {

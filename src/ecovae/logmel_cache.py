@@ -100,6 +100,13 @@ class CachedRecording:
         return self.sums
 
 
+def logmel_sums(clips: list[torch.Tensor]) -> tuple[int, np.ndarray, np.ndarray]:
+    """Hops, and the per-mel sum and sum of squares (float64) of a recording's clips: the input normalisation's
+    statistics, additive over recordings."""
+    a = [np.asarray(c, dtype=np.float64) for c in clips]
+    return sum(len(x) for x in a), sum(x.sum(0) for x in a), sum(np.square(x).sum(0) for x in a)
+
+
 _FDS: OrderedDict[str, int] = OrderedDict()  # shard -> descriptor, most recently used last
 _FDS_PID = os.getpid()
 MAX_OPEN_SHARDS = 64  # a 10,000 h survey has ~4,500 shards: more than a process may hold open
@@ -126,7 +133,7 @@ def _key(path: Path) -> tuple[str, int, int]:
     return str(path.resolve()), st.st_size, st.st_mtime_ns
 
 
-def read_index(folder: Path) -> dict[tuple[str, int, int], dict]:
+def shard_index(folder: Path) -> dict[tuple[str, int, int], dict]:
     """(path, size, mtime_ns) -> entry, over every committed shard of a settings folder."""
     index: dict[tuple[str, int, int], dict] = {}
     for meta in sorted(folder.glob("shard-*.json")):
@@ -158,15 +165,12 @@ class _ShardWriter:
 
     def add(self, key: tuple[str, int, int], rec: Recording, clips: list[torch.Tensor]) -> dict:
         placed = []
-        s = np.zeros(self.mels)
-        s2 = np.zeros(self.mels)
         for c in clips:
             a = np.ascontiguousarray(c.numpy(), _FLOAT)
             placed.append([self.bytes, a.shape[0]])
             self.f.write(a.tobytes())
             self.bytes += a.nbytes
-            s += a.sum(0, dtype=np.float64)
-            s2 += np.square(a, dtype=np.float64).sum(0)
+        _, s, s2 = logmel_sums(clips)
         entry = {
             "path": key[0],
             "size": key[1],
@@ -212,7 +216,7 @@ def cache_survey(survey: Survey, cache: Path | str | None = None, progress: bool
             survey.skipped[rel] = f"cannot stat file ({e.strerror})"
     with open(folder / "_lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        index = read_index(folder)
+        index = shard_index(folder)
         todo = [rel for rel in keys if keys[rel] not in index]
         if todo:
             log.info("log-mel cache %s: computing %d of %d recordings", folder, len(todo), len(keys))

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from ecovae import __version__
 from ecovae.audio import RESAMPLER
 from ecovae.files import atomic_file
-from ecovae.logmel_cache import CachedRecording, cache_survey
+from ecovae.logmel_cache import CachedRecording, cache_survey, logmel_sums
 from ecovae.model import SoundscapeVAE, VAEConfig, preset
 from ecovae.run import (
     CONFIG_FILE,
@@ -140,10 +140,7 @@ class LoadedRecording:
 
     def statistics(self) -> tuple[int, np.ndarray, np.ndarray]:
         """Hops, and per-mel sum and sum of squares."""
-        hops = sum(c.shape[0] for c in self.clips)
-        s = sum(c.sum(0, dtype=torch.float64) for c in self.clips)
-        s2 = sum((c.double() ** 2).sum(0) for c in self.clips)
-        return hops, np.asarray(s), np.asarray(s2)
+        return logmel_sums(self.clips)
 
 
 def split_by_recording(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
