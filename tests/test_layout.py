@@ -17,7 +17,7 @@ LAYERS = [
     {"survey", "plots"},
     {"model", "logmel_cache"},
     {"run", "latents", "summary"},
-    {"recorder_offsets"},
+    {"recorder_offsets", "precision"},
     {"train", "encode"},
     {"descriptors"},
     {"baselines"},

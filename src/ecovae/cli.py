@@ -179,6 +179,15 @@ def _print_training(out: Path, manifest: dict) -> None:
     typer.echo(f"run folder: {out}/ (model.safetensors, config.json, metrics.csv, run.json)")
 
 
+PrecisionOption = Annotated[
+    str,
+    typer.Option(
+        help="The encoder's precision: auto (the fastest that passes its fidelity check here; an existing output's "
+        "own), fp32, bf16 (CPUs with AVX512_BF16 or AMX; GPUs), int8 (CPU, pip install 'ecovae\\[fast]')."
+    ),
+]
+
+
 @app.command()
 def encode(
     recordings: Annotated[Path, typer.Argument(help="Folder of recordings (searched recursively).")],
@@ -207,6 +216,7 @@ def encode(
     threads: Annotated[
         int | None, typer.Option(help="Torch threads for the model (default: torch's, the physical cores).")
     ] = None,
+    precision: PrecisionOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose")] = False,
 ) -> None:
@@ -237,6 +247,7 @@ def encode(
             threads=threads,
             engine=engine,
             address=address,
+            precision=precision,
         )
     typer.echo("\n".join(summary.lines()))
 
@@ -498,11 +509,13 @@ def run(
     preset: Preset = "full",
     max_steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
     seed: int = 0,
+    precision: PrecisionOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train, encode, evaluate, interpret and report, in one go (resumes where it stopped)."""
     _setup_logging(False)
-    _pipeline(recordings, out, labels, target, Analysis(unit, window, group), recorder, preset, max_steps, seed, quiet)
+    analysis = Analysis(unit, window, group, precision=precision)
+    _pipeline(recordings, out, labels, target, analysis, recorder, preset, max_steps, seed, quiet)
 
 
 @dataclass
@@ -513,6 +526,7 @@ class Analysis:
     window: str | None = None
     group: str | None = None
     indices_seconds: float | None = None
+    precision: str = "auto"  # the encoder's (ecovae.precision)
 
 
 def _pipeline(
@@ -549,7 +563,8 @@ def _pipeline(
             manifest = run_training(recordings, run_dir, tcfg, labels_csv=labels, resume=resume, progress=not quiet)
             _print_training(run_dir, manifest)
             typer.echo(f"[encode] {latents}")
-            typer.echo("\n".join(run_encoding(recordings, run_dir, latents, labels, progress=not quiet).lines()))
+            summary = run_encoding(recordings, run_dir, latents, labels, progress=not quiet, precision=a.precision)
+            typer.echo("\n".join(summary.lines()))
             frames = read_latents(latents)
             typer.echo(f"[evaluate] {eval_dir}/")
             features = _baselines(

@@ -44,11 +44,12 @@ from ecovae.latents import (
     latent_columns,
     latents_schema,
     load_index,
+    output_identity,
     output_lock,
     summary_path,
     write_part,
 )
-from ecovae.model import SoundscapeVAE
+from ecovae.precision import Encoder, choose
 from ecovae.run import load_model, weights_digest
 from ecovae.spectrogram import SpectrogramConfig, expected_frames, iter_clips, remainder_seconds
 from ecovae.survey import Survey, open_survey
@@ -66,6 +67,7 @@ class EncodeSummary:
     """
 
     out: str
+    precision: str = "fp32"  # the encoder's numeric precision (ecovae.precision), the same for every row
     files_found: int = 0
     encoded: int = 0  # files encoded in this run
     already_done: int = 0  # files found encoded by an earlier run, unchanged since
@@ -98,6 +100,7 @@ class EncodeSummary:
             + (f" ({self.no_longer_found} no longer found on disk, rows kept)" if self.no_longer_found else ""),
             f"flagged: {self.flagged} (silent frames: {len(self.silent_files)}, truncated: {len(self.truncated_files)})",
             f"skipped: {len(self.skipped)}",
+            f"precision: {self.precision}",
         ]
         out += [f"  {p}: {r}" for p, r in sorted(self.skipped.items())]
         out += [f"  changed {p}" for p in self.changed]
@@ -241,29 +244,25 @@ class FileResult:
         }
 
 
-@torch.inference_mode()
 def encode_stream(
-    model: SoundscapeVAE,
+    encoder: Encoder,
     items: Iterable,
     spec: SpectrogramConfig,
     schema: pa.Schema,
     label_columns: list[str],
-    device: str = "cpu",
 ) -> Iterator[FileResult]:
-    """Run the model over a :class:`ClipStream`'s items; yield each file's result as it completes."""
+    """Run the encoder (:mod:`ecovae.precision`) over a :class:`ClipStream`'s items; yield each file's result
+    as it completes."""
     got: dict[str, list] = {}
     for item in items:
         if isinstance(item, _Clips):
-            x = torch.from_numpy(item.x).to(device).contiguous(memory_format=torch.channels_last)
-            mu, logvar = model.encode(x)  # (B, frames, D); channels-last: faster on CPU (bench/README.md)
+            mu, logvar = encoder(torch.from_numpy(item.x))  # (B, frames, D), fp32
             b, _, hops, mels = item.x.shape
             # the frame's mean log-mel per band: the no-learning baseline on the very same frames, free here
             band_means = item.x.reshape(b, hops // spec.frame_hops, spec.frame_hops, mels).mean(2)
             item.x = None  # keep the latents, not the spectrograms: memory must not grow with the file
             _trim_heap()
-            got.setdefault(item.rel, []).append(
-                (item, mu.float().cpu().numpy(), logvar.float().cpu().numpy(), band_means)
-            )
+            got.setdefault(item.rel, []).append((item, mu.cpu().numpy(), logvar.cpu().numpy(), band_means))
         elif isinstance(item, _FileFailed):
             got.pop(item.rel, None)
             yield FileResult(item.rel, skipped=item.reason)
@@ -361,6 +360,7 @@ class Job:
     identity: dict
     batch_size: int
     device: str
+    precision: str  # a mode, not "auto": every worker encodes in the one the run chose
 
 
 def record(summary: EncodeSummary, result: FileResult) -> None:
@@ -391,6 +391,7 @@ def encode(
     engine: str = "local",
     address: str | None = None,
     commit_seconds: float = 120.0,
+    precision: str = "auto",
 ) -> EncodeSummary:
     """Encode every recording under ``recordings`` with the model of ``run_dir`` into ``out``.
 
@@ -402,6 +403,8 @@ def encode(
     recorder), each file's recorder offset is removed before encoding (``ecovae.hardware``).
     Finished files are committed every ``rows_per_part`` frames or ``commit_seconds``,
     whichever comes first, so a killed run loses at most that much work.
+    ``precision`` is the encoder's (:mod:`ecovae.precision`): ``auto`` takes the precision the
+    output was encoded in if it exists, else the fastest mode that passed its check here.
     """
     t0 = time.time()
     root, run_dir, out = Path(recordings), Path(run_dir), Path(out)
@@ -412,29 +415,34 @@ def encode(
     survey = open_survey(root, labels_csv, spec)
     label_cols = survey.label_columns
     schema = latents_schema(label_cols, model.cfg.latent_dim, spec.n_mels)
-    identity = {
-        "weights": weights_digest(run_dir),
-        "offsets": {k: np.round(np.asarray(v, float), 6).tolist() for k, v in (offsets or {}).items()},
-        "offset_column": offset_column,
-    }
     layout = Layout(out)
     if out.is_file() and is_dataset(out):
         raise RuntimeError(f"{out} is a file; a dataset output is a folder (or name a .parquet file)")
+    if threads:
+        torch.set_num_threads(threads)  # before the encoder is built: ONNX Runtime takes its count then
     with output_lock(layout):
+        recorded = output_identity(layout)
+        mode, encoder = choose(precision, model, run_dir, device, recorded and recorded.get("precision", "fp32"))
+        identity = {
+            "weights": weights_digest(run_dir),
+            "offsets": {k: np.round(np.asarray(v, float), 6).tolist() for k, v in (offsets or {}).items()},
+            "offset_column": offset_column,
+            "precision": mode,
+        }
         index = load_index(layout, schema, identity)
         layout.tmp.mkdir(parents=True, exist_ok=True)
         for tmp in layout.tmp.glob("*.tmp"):
             tmp.unlink()  # a part that was being written when a run stopped
-        summary = EncodeSummary(out=str(out), files_found=len(survey.files), skipped=dict(survey.skipped))
+        summary = EncodeSummary(str(out), mode, files_found=len(survey.files), skipped=dict(survey.skipped))
         tasks, drop = _plan(survey, index, layout, identity, offsets, offset_column, summary)
-        job = Job(survey.root, run_dir, layout, schema, label_cols, identity, batch_size, str(device))
+        job = Job(survey.root, run_dir, layout, schema, label_cols, identity, batch_size, str(device), mode)
 
         if engine == "ray":
             encode_on_ray(job, tasks, summary, address=address, progress=progress)
         else:
             _encode_local(
                 job,
-                model.to(device, memory_format=torch.channels_last),
+                encoder,
                 spec,
                 tasks,
                 summary,
@@ -442,7 +450,6 @@ def encode(
                 commit_seconds,
                 progress,
                 workers,
-                threads,
             )
         index = finish_output(layout, schema, identity, drop)
         _account(summary, index, set(survey.files))
@@ -514,7 +521,7 @@ def _stat(path: Path) -> tuple[int, int]:
 
 def _encode_local(
     job: Job,
-    model: SoundscapeVAE,
+    encoder: Encoder,
     spec: SpectrogramConfig,
     tasks: list[FileTask],
     summary: EncodeSummary,
@@ -522,13 +529,10 @@ def _encode_local(
     commit_seconds: float,
     progress: bool,
     workers: int | None,
-    threads: int | None,
 ) -> None:
     from ecovae.progress import file_progress
 
     workers = default_workers(job.device) if workers is None else workers
-    if threads:
-        torch.set_num_threads(threads)
     stream = ClipStream(tasks, job.root, spec, job.batch_size)
     loader = torch.utils.data.DataLoader(
         stream,
@@ -551,7 +555,7 @@ def _encode_local(
         last_commit = time.monotonic()
 
     with file_progress(len(tasks), "Encoding", enabled=progress) as advance:
-        for result in encode_stream(model, loader, spec, job.schema, job.label_columns, job.device):
+        for result in encode_stream(encoder, loader, spec, job.schema, job.label_columns):
             record(summary, result)
             if result.table is not None:
                 tables.append(result.table)
@@ -614,20 +618,20 @@ def _as_is(item):
 _MODELS: dict = {}  # in each worker process: the model of the last job, loaded once
 
 
-def _model(job: Job):
-    key = (str(job.run_dir), job.identity["weights"], job.device)
+def _encoder(job: Job) -> tuple[Encoder, SpectrogramConfig]:
+    key = (str(job.run_dir), job.identity["weights"], job.device, job.precision)
     if key not in _MODELS:
         model, spec = load_model(job.run_dir)
         _MODELS.clear()
-        _MODELS[key] = (model.to(job.device, memory_format=torch.channels_last), spec)
+        _MODELS[key] = (choose(job.precision, model, job.run_dir, job.device)[1], spec)
     return _MODELS[key]
 
 
 def encode_chunk(job: Job, tasks: list[FileTask]) -> list[FileResult]:
     """One Ray task: encode ``tasks`` and commit them as one part; the results without their rows."""
-    model, spec = _model(job)
+    encoder, spec = _encoder(job)
     stream = ClipStream(tasks, job.root, spec, job.batch_size)
-    results = list(encode_stream(model, stream, spec, job.schema, job.label_columns, job.device))
+    results = list(encode_stream(encoder, stream, spec, job.schema, job.label_columns))
     done = [r for r in results if r.table is not None]
     if done:
         write_part(

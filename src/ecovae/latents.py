@@ -225,6 +225,16 @@ class OutputIndex:
         return out
 
 
+def output_identity(layout: Layout) -> dict | None:
+    """What encoded the output so far (model, correction, precision), or None if it holds nothing yet."""
+    sources = ([layout.out] if layout.out.is_file() else []) + list_parts(layout.parts)
+    for source in sources:
+        identity = read_index(source)[1]
+        if identity is not None:
+            return identity
+    return None
+
+
 def load_index(layout: Layout, schema: pa.Schema, identity: dict) -> OutputIndex:
     """Read the footers of the output, refusing to mix models, labels or corrections."""
     sources = ([layout.out] if layout.out.is_file() else []) + list_parts(layout.parts)
@@ -233,9 +243,14 @@ def load_index(layout: Layout, schema: pa.Schema, identity: dict) -> OutputIndex
         if pq.read_schema(source) != schema:
             raise RuntimeError(f"{source} has another schema (model or labels differ); choose another --out")
         entries, other = read_index(source)
+        if other is not None:
+            other = {"precision": "fp32", **other}  # outputs from before precisions were recorded
         if other is not None and other != identity:
+            differ = sorted(k for k in set(other) | set(identity) if other.get(k) != identity.get(k))
+            said = "; ".join(f"{k}: {other.get(k)!r} there, {identity.get(k)!r} now" for k in differ if k != "offsets")
             raise RuntimeError(
-                f"{source} was encoded with another model, labels or correction; delete it or choose another --out"
+                f"{source} was encoded with another model, labels, correction or precision ({said or 'offsets'}); "
+                "one output never mixes them: delete it or choose another --out"
             )
         index.rows += pq.read_metadata(source).num_rows
         if source == layout.out:

@@ -1,7 +1,8 @@
 """The run folder: what a trained model is on disk, written and read without running any code.
 
 A run folder holds ``config.json`` (model, spectrogram and training settings),
-``model.safetensors`` (the weights), ``run.json`` (the manifest: versions,
+``model.safetensors`` (the weights), ``calibration.safetensors`` (log-mel windows
+from the training recordings: what int8 encoding is calibrated and checked on), ``run.json`` (the manifest: versions,
 data, seed, hardware, wall time, held-out scores), ``metrics.csv``, and, while
 training, ``checkpoints/`` and ``logs/``. Training writes it
 (:mod:`ecovae.train`); encoding, interpretation and the CLI only read it, through
@@ -15,6 +16,7 @@ import json
 import os
 import platform
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -25,20 +27,38 @@ from ecovae.model import SoundscapeVAE, VAEConfig
 from ecovae.spectrogram import SpectrogramConfig
 
 CONFIG_FILE, WEIGHTS_FILE, RUN_FILE, METRICS_FILE = "config.json", "model.safetensors", "run.json", "metrics.csv"
+CALIBRATION_FILE = "calibration.safetensors"
 
 
-def save_weights(model: SoundscapeVAE, run_dir: Path) -> None:
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    with atomic_file(run_dir / WEIGHTS_FILE) as tmp:
+    with atomic_file(path) as tmp:
         try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
         except SafetensorError as e:  # a full or read-only disk: say so as the OS does
             code = re.search(r"os error (\d+)", str(e))
             if code is None:
                 raise
-            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(run_dir / WEIGHTS_FILE)) from None
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+
+
+def save_weights(model: SoundscapeVAE, run_dir: Path) -> None:
+    _save_tensors(model.state_dict(), run_dir / WEIGHTS_FILE)
+
+
+def save_calibration(run_dir: Path, windows: torch.Tensor) -> None:
+    """Log-mel windows (N, 1, T, mels) from the training recordings, kept with the model."""
+    _save_tensors({"logmel": windows.float()}, Path(run_dir) / CALIBRATION_FILE)
+
+
+def load_calibration(run_dir: Path | str) -> torch.Tensor | None:
+    """The run's calibration windows (N, 1, T, mels), or None for a run trained without them."""
+    from safetensors.torch import load_file
+
+    path = Path(run_dir) / CALIBRATION_FILE
+    return load_file(str(path))["logmel"] if path.is_file() else None
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -80,7 +100,8 @@ def load_model(run_dir: Path | str, map_location: str = "cpu") -> tuple[Soundsca
             raise FileNotFoundError(f"{p}: missing; is {run_dir} a run folder made by 'ecovae train'?")
     try:
         cfg = json.loads(cfg_path.read_text())
-        model = SoundscapeVAE(VAEConfig.from_dict(cfg["model"]))
+        with torch.device("meta"):  # no random initialisation: the weights are loaded next
+            model = SoundscapeVAE(VAEConfig.from_dict(cfg["model"]))
         spec = SpectrogramConfig(**cfg["spectrogram"])
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{cfg_path}: not a valid ecovae config ({type(e).__name__}: {e})") from None
@@ -89,7 +110,7 @@ def load_model(run_dir: Path | str, map_location: str = "cpu") -> tuple[Soundsca
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{weights}: unreadable ({e}); the file may be truncated: copy it again or re-train") from None
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(state, assign=True)
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise ValueError(
@@ -100,11 +121,32 @@ def load_model(run_dir: Path | str, map_location: str = "cpu") -> tuple[Soundsca
 
 def weights_digest(run_dir: Path) -> str:
     """A short SHA-256 of the weights: what encoded a latents file (its identity)."""
+    path = (Path(run_dir) / WEIGHTS_FILE).resolve()
+    st = path.stat()
+    return _digest(path, st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _digest(path: Path, size: int, mtime_ns: int) -> str:  # once per file version and process (full: 60 MB)
     h = hashlib.sha256()
-    with (Path(run_dir) / WEIGHTS_FILE).open("rb") as f:
+    with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+FAST_PATH_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
 
 
 def hardware_info() -> dict:
@@ -113,6 +155,7 @@ def hardware_info() -> dict:
         "processor": platform.processor() or platform.machine(),
         "cpu_model": _cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the SIMD kernels torch uses: AVX2, AVX512, ...
+        "cpu_flags": [f for f in FAST_PATH_FLAGS if f in cpu_flags()],  # what bf16 and int8 encoding can use
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),

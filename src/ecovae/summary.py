@@ -74,9 +74,15 @@ def model_stages(model: SoundscapeVAE, n_frames: int = 1) -> list[Stage]:
     return stages
 
 
+def encoder_flops(model: SoundscapeVAE, stages: list[Stage] | None = None, n_frames: int = 1) -> int:
+    """FLOPs of the encoder up to the posterior's input (pre-processing, the ResStacks), for ``n_frames``."""
+    stages = stages or model_stages(model, n_frames)
+    return sum(s.flops for s in stages[: 2 + len(model.encoder_stacks) + 2])
+
+
 def format_summary(model: SoundscapeVAE, n_frames: int = 1) -> str:
     stages = model_stages(model, n_frames)
-    encoder_flops = sum(s.flops for s in stages[: 2 + len(model.encoder_stacks) + 2])
+    enc_flops = encoder_flops(model, stages)
     lines = [f"{'group':<26}{'operation':<52}{'output C x T x F':>22}{'params':>12}{'MFLOPs':>10}"]
     for s in stages:
         shape = " x ".join(str(d) for d in s.shape)
@@ -86,7 +92,7 @@ def format_summary(model: SoundscapeVAE, n_frames: int = 1) -> str:
         "",
         f"parameters: {total:,} (encoder incl. posterior {_encoder_params(model):,})",
         f"FLOPs per {n_frames}-frame input: {sum(s.flops for s in stages) / 1e9:.2f} G "
-        f"(encoder to posterior: {encoder_flops / 1e9:.2f} G)",
+        f"(encoder to posterior: {enc_flops / 1e9:.2f} G)",
     ]
     return "\n".join(lines)
 

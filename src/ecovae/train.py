@@ -47,6 +47,7 @@ from ecovae.run import (
     RUN_FILE,
     hardware_info,
     package_versions,
+    save_calibration,
     save_weights,
     write_json,
 )
@@ -226,6 +227,18 @@ class WindowBatches(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+def calibration_windows(
+    recordings: list[LoadedRecording | CachedRecording], frame_hops: int, n: int = 32, frames: int = 4, seed: int = 0
+) -> torch.Tensor:
+    """``n`` windows of (up to) ``frames`` frames drawn across ``recordings``: what int8 encoding is calibrated and
+    checked on (:mod:`ecovae.precision`). Windows of the longest length there is, so they stack."""
+    ds = WindowDataset(recordings, frames, frame_hops, stride=None)
+    lengths = np.asarray(ds.lengths)
+    pool = np.flatnonzero(lengths == lengths.max())
+    pick = np.random.default_rng(seed).permutation(pool)[:n]
+    return torch.stack([torch.as_tensor(ds[int(i)]) for i in sorted(pick)])
 
 
 def input_statistics(recordings: list[LoadedRecording | CachedRecording]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -610,6 +623,7 @@ def train(
     (ckpt_dir / STOPPED_CHECKPOINT).unlink(missing_ok=True)  # last.ckpt is newer
     model = module.model.cpu()
     save_weights(model, run_dir)
+    save_calibration(run_dir, calibration_windows(data.train, spec.frame_hops, seed=tcfg.seed))
     combine_metrics(run_dir)
     heldout_final = evaluate(model, data.val_ds, seed=tcfg.seed) if len(data.val_ds) else None
     manifest = _manifest(recordings, labels_csv, tcfg, trainer, history, data, heldout_final)
