@@ -110,7 +110,12 @@ def train(
     num_workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
     accelerator: Annotated[str | None, typer.Option(help="Lightning accelerator: auto, cpu, gpu, ...")] = None,
     devices: Annotated[str | None, typer.Option(help="Lightning devices: auto, 1, 2, ...")] = None,
-    precision: Annotated[str | None, typer.Option(help="Lightning precision: 32-true, bf16-mixed, 16-mixed.")] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="Lightning precision: 32-true, bf16-mixed, 16-mixed; auto (default): bf16-mixed on CPUs with bf16."
+        ),
+    ] = None,
     strategy: Annotated[
         str | None, typer.Option(help="Lightning strategy: auto, or ddp for several devices or nodes.")
     ] = None,

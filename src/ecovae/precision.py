@@ -12,7 +12,8 @@
 
 The run folder holds calibration windows: log-mel from its training recordings (:mod:`ecovae.run`). Each
 mode's mu is compared with fp32's on the half of them that int8 was not calibrated on; a mode under
-:data:`MIN_COSINE` is not chosen by ``auto`` and is refused when asked for. The check (with each mode's
+:data:`CHECK_COSINE` there is not chosen by ``auto`` and is refused when asked for (small models often fail
+int8: few channels average out little rounding). The check (with each mode's
 speed on this machine, which ``auto`` ranks by) and the int8 model are kept in the cache, per weights,
 machine and library versions, so they are made once.
 """
@@ -43,7 +44,10 @@ log = logging.getLogger(__name__)
 
 MODES = ("fp32", "bf16", "int8")
 CHOICES = ("auto", *MODES)
-MIN_COSINE = 0.999  # worst frame's mu cosine to fp32 (issue 12); the benchmark also checks accuracies
+MIN_COSINE = 0.999  # the bound: worst frame's mu cosine to fp32 on a survey (the benchmark also checks accuracies)
+# What the check asks of a mode on its 64 held-out frames: half the error budget, since a survey's worst frame
+# (of millions) is worse than the worst of 64.
+CHECK_COSINE = 1 - (1 - MIN_COSINE) / 2
 CHECK_VERSION = 1  # bump when the check or the int8 recipe changes: cached results are then redone
 
 Encoder = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (B, 1, T, F) -> fp32 mu, log var
@@ -284,7 +288,9 @@ def mode_encoder(
         if calibration is None:
             windows = load_calibration(run_dir)
             if windows is None:
-                raise ValueError(f"{run_dir} has no calibration windows (trained before ecovae 0.2): int8 needs them")
+                raise ValueError(
+                    f"{run_dir} has no calibration windows (trained before runs kept them): int8 needs them"
+                )
             calibration = windows[: len(windows) // 2]
         folder.mkdir(parents=True, exist_ok=True)
         fp32 = folder / "encoder.onnx"
@@ -299,8 +305,8 @@ def failed(check: dict) -> str | None:
     """Why a mode's check (from :func:`check_modes`) rules it out, or None if it passed."""
     if "reason" in check:
         return check["reason"]
-    if check["cosine"] < MIN_COSINE:
-        return f"mu cosine to fp32 {check['cosine']:.5f} < {MIN_COSINE} on the run's held-out calibration windows"
+    if check["cosine"] < CHECK_COSINE:
+        return f"mu cosine to fp32 {check['cosine']:.5f} < {CHECK_COSINE} on the run's held-out calibration windows"
     return None
 
 
