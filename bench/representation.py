@@ -83,11 +83,13 @@ def run(args) -> dict:
     baselines: dict[str, dict] = {}
     for train_seed in args.train_seeds:
         run_dir = work / f"run_{args.preset}_seed{train_seed}_{args.steps}"
+        if args.train_precision != "32-true":
+            run_dir = run_dir.with_name(f"{run_dir.name}_{args.train_precision}")
         t0 = time.time()
         manifest = train(
             folder,
             run_dir,
-            train_preset(args.preset, max_steps=args.steps, seed=train_seed),
+            train_preset(args.preset, max_steps=args.steps, seed=train_seed, precision=args.train_precision),
             resume=(run_dir / "checkpoints").is_dir(),
             progress=False,
         )
@@ -149,17 +151,28 @@ def run(args) -> dict:
 
 
 def precision_fidelity(scores: pd.DataFrame, precisions: list[str]) -> list[dict]:
-    """Per task and precision: the largest difference from fp32 in the VAE's mean balanced accuracy over any
-    descriptor x classifier (same models, folds and classifier seeds: only the encoder's arithmetic differs)."""
-    keys = ["task", "descriptor", "classifier"]
-    vae = scores[scores.features == "vae"].groupby(["precision", *keys])["balanced_accuracy"].mean()
+    """Per task and precision, the VAE's balanced accuracy against fp32's on the same models, folds and
+    classifier seeds (only the encoder's arithmetic differs): the mean difference over every descriptor x
+    classifier x CV seed, the largest difference of a descriptor x classifier's mean over CV seeds, and how
+    many of the cells changed at all. On tasks of 16 recordings one prediction is worth 0.06."""
+    keys = ["task", "descriptor", "classifier", "cv_seed", "train_seed"]
+    vae = scores[scores.features == "vae"].pivot_table(index=keys, columns="precision", values="balanced_accuracy")
     rows = []
     for prec in precisions[1:]:
-        diff = (vae.loc[prec] - vae.loc[precisions[0]]).abs().groupby("task", sort=False).max()
-        rows += [
-            {"task": t, "precision": prec, "max_abs_diff": float(d), "within_0.01": bool(d <= 0.01)}
-            for t, d in diff.items()
-        ]
+        diff = vae[prec] - vae[precisions[0]]
+        for task, d in diff.groupby("task", sort=False):
+            per_cell = d.groupby(["descriptor", "classifier"]).mean()
+            rows.append(
+                {
+                    "task": task,
+                    "precision": prec,
+                    "mean_diff": float(d.mean()),
+                    "max_abs_diff": float(per_cell.abs().max()),
+                    "cells_changed": int((d != 0).sum()),
+                    "cells": len(d),
+                    "mean_within_0.01": bool(abs(d.mean()) <= 0.01),
+                }
+            )
     return rows
 
 
@@ -237,6 +250,7 @@ def main() -> None:
     p.add_argument("--days", type=int, default=3)
     p.add_argument("--hours", default=HOURS, type=lambda s: tuple(float(h) for h in s.split(",")))
     p.add_argument("--data", default="sim,real", type=lambda s: s.split(","), help="sim, real or both")
+    p.add_argument("--train-precision", default="32-true", help="Lightning's: 32-true (training's default), bf16-mixed")
     p.add_argument(
         "--precisions",
         default="fp32",
@@ -264,10 +278,13 @@ def main() -> None:
         r["refused_by_check"] = result["refused"].get(r["precision"])
     md = markdown(table, verdicts, result["models"], args)
     if fidelity:
-        md += "\n**Encoder precision against fp32** (VAE rows; largest |difference| in mean balanced accuracy)\n\n"
-        md += "| task | precision | max abs diff | within 0.01 |\n|---|---|---|---|\n"
+        md += "\n**Encoder precision against fp32** (VAE balanced accuracy minus fp32's, same folds)\n\n"
+        md += "| task | precision | mean difference | largest (descriptor x classifier) | cells changed |\n"
+        md += "|---|---|---|---|---|\n"
         md += "\n".join(
-            f"| {r['task']} | {r['precision']} | {r['max_abs_diff']:.4f} | {r['within_0.01']} |" for r in fidelity
+            f"| {r['task']} | {r['precision']} | {r['mean_diff']:+.4f} | {r['max_abs_diff']:.4f} | "
+            f"{r['cells_changed']} of {r['cells']} |"
+            for r in fidelity
         )
         md += "\n"
         for prec, why in result["refused"].items():

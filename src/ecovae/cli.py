@@ -113,7 +113,7 @@ def train(
     precision: Annotated[
         str | None,
         typer.Option(
-            help="Lightning precision: 32-true, bf16-mixed, 16-mixed; auto (default): bf16-mixed on CPUs with bf16."
+            help="Lightning precision: 32-true (default), bf16-mixed (faster on GPUs and bf16 CPUs; learns differently)."
         ),
     ] = None,
     strategy: Annotated[
