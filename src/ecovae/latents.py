@@ -225,9 +225,14 @@ class OutputIndex:
         return out
 
 
+def _sources(layout: Layout) -> list[Path]:
+    """The output's files: the merged file (if any), then its parts."""
+    return ([layout.out] if layout.out.is_file() else []) + list_parts(layout.parts)
+
+
 def output_identity(layout: Layout) -> dict | None:
     """What encoded the output so far (model, correction, precision), or None if it holds nothing yet."""
-    sources = ([layout.out] if layout.out.is_file() else []) + list_parts(layout.parts)
+    sources = _sources(layout)
     for source in sources:
         identity = read_index(source)[1]
         if identity is not None:
@@ -237,7 +242,7 @@ def output_identity(layout: Layout) -> dict | None:
 
 def load_index(layout: Layout, schema: pa.Schema, identity: dict) -> OutputIndex:
     """Read the footers of the output, refusing to mix models, labels or corrections."""
-    sources = ([layout.out] if layout.out.is_file() else []) + list_parts(layout.parts)
+    sources = _sources(layout)
     index = OutputIndex({}, {})
     for source in sources:
         if pq.read_schema(source) != schema:

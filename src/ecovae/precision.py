@@ -295,7 +295,7 @@ def mode_encoder(
         folder.mkdir(parents=True, exist_ok=True)
         fp32 = folder / "encoder.onnx"
         t0 = time.perf_counter()
-        export_onnx(model.cpu(), fp32, calibration[:1])
+        export_onnx(model, fp32, calibration[:1])  # a copy is exported: the model is left as it is
         quantize_int8(fp32, int8, calibration.numpy())
         log.info("int8 encoder quantized in %.1f s: %s", time.perf_counter() - t0, int8)
     return onnx_encoder(int8)
