@@ -81,6 +81,26 @@ def test_same_seed_same_files(survey, tmp_path):
     assert (survey / rel).read_bytes() != (other / rel).read_bytes()
 
 
+def test_rare_events_are_planted_where_events_csv_says_and_nowhere_else(survey, tmp_path):
+    simulate_survey(tmp_path, n_sites=3, recorders_per_site=2, hours=(0.0, 6.0), duration_s=8.0, seed=3, rare_events=2)
+    events = pd.read_csv(tmp_path / "events.csv")
+    labels = pd.read_csv(tmp_path / "labels.csv")
+    assert len(events) == 2 and set(events["kind"]) == {"siren", "chainsaw"}
+    assert set(labels.loc[labels["rare_event"] == 1, "path"]) == set(events["path"])
+    for rel in labels["path"]:  # the rest of the survey is the survey without events, byte for byte
+        same = (survey / rel).read_bytes() == (tmp_path / rel).read_bytes()
+        assert same != (rel in set(events["path"]))
+    for e in events.itertuples():  # the sound is where events.csv says, and only there
+        x, _ = sf.read(tmp_path / e.path)
+        clean, _ = sf.read(survey / e.path)
+        assert 0 <= e.start_s < e.end_s <= 8.0 and 3.0 <= e.end_s - e.start_s <= 5.0
+        inside = np.zeros(len(x), bool)
+        inside[int(e.start_s * SR) : int(e.end_s * SR)] = True
+        gain = x[~inside] @ clean[~inside] / (clean[~inside] @ clean[~inside])  # the file may be scaled down
+        added = x - gain * clean
+        assert np.sqrt(np.mean(added[inside] ** 2)) > 100 * np.sqrt(np.mean(added[~inside] ** 2))
+
+
 def test_dawn_chorus_is_in_the_bird_bands_and_degradation_adds_low_noise():
     species = {"birds": list(BIRDS), "insects": [], "frogs": []}
     sm4 = RECORDER_MODELS[1]

@@ -197,3 +197,17 @@ def training_curves(metrics, path: Path) -> Path:
         ax.set_title(key.replace("_", " "), fontsize=10)
         ax.legend()
     return _save(fig, path)
+
+
+def novelty_histogram(scores: np.ndarray, top: int, path: Path) -> Path:
+    """Frames by novelty score, the ``top`` most unusual marked."""
+    fig, ax = _subplots(figsize=(6, 3))
+    ax.hist(scores, bins=min(80, max(10, len(scores) // 20)), color="0.5")
+    if len(scores):
+        cut = np.sort(scores)[-min(top, len(scores))]
+        ax.axvline(cut, color="C3", lw=1, label=f"top {min(top, len(scores))}")
+        ax.legend(fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("novelty (negative log density)")
+    ax.set_ylabel("frames")
+    return _save(fig, path)

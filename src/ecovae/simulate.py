@@ -16,6 +16,10 @@ shaped by a diel cycle (dawn chorus, nocturnal insects and frogs, rush-hour
 traffic) and by the degradation of the site (fewer species, more noise), then
 passed through the recorder's frequency response and self-noise. Everything is
 deterministic given the seed. The labels CSV holds the ground truth.
+
+``rare_events`` plants a few rare sounds (a siren's wail, a chainsaw's buzz) in
+as many recordings, a few seconds each, listed in ``events.csv`` (file, kind,
+start and end second): what a novelty search should find first.
 """
 
 from __future__ import annotations
@@ -291,6 +295,25 @@ def aircraft(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
+def siren(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A two-tone wail: a harmonic tone gliding between ~650 and ~1500 Hz every couple of seconds."""
+    t = np.arange(n, dtype=np.float32) / SR
+    period = rng.uniform(1.5, 2.5)
+    freq = 650 + 850 * (0.5 - 0.5 * np.cos(2 * np.pi * t / period))
+    return _tone(freq, (1.0, 0.5, 0.3)) * _envelope(n, 0.05)
+
+
+def chainsaw(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A two-stroke buzz: a ~110 Hz pulse train rich in harmonics, revving, over broadband noise."""
+    t = np.arange(n, dtype=np.float32) / SR
+    f0 = rng.uniform(90, 130) * (1 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.3, 0.8) * t) ** 2)
+    buzz = _tone(f0, tuple(1 / (k + 1) for k in range(12)))
+    return (buzz + 0.5 * _noise(rng, n, 200, 6000)) * _envelope(n, 0.05)
+
+
+RARE_EVENTS = {"siren": siren, "chainsaw": chainsaw}
+
+
 def _response(model: RecorderModel, n: int) -> np.ndarray:
     f = np.maximum(np.fft.rfftfreq(n, 1 / SR), 1.0)
     gain = 1 / np.sqrt(1 + (model.highpass_hz / f) ** 4) / np.sqrt(1 + (f / model.lowpass_hz) ** 8)
@@ -408,7 +431,27 @@ LABEL_COLUMNS = (
     "day_activity",
     "night_insects_db",
     "rush_hours",
+    "rare_event",
 )
+
+
+def _plant_events(jobs: list[dict], rows: list[dict], n: int, duration_s: float, seed: int, out: Path) -> set[str]:
+    """Choose ``n`` recordings and a rare sound and time in each (own seed: the survey is unchanged otherwise);
+    write events.csv. Returns the chosen paths."""
+    if not n:
+        return set()
+    rng = np.random.default_rng([seed, 0x5E7E])
+    chosen = rng.choice(len(jobs), size=min(n, len(jobs)), replace=False)
+    with (out / "events.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "kind", "start_s", "end_s"])
+        for i, idx in enumerate(sorted(chosen)):
+            length = min(duration_s, rng.uniform(3.0, 5.0))
+            start = round(float(rng.uniform(0, duration_s - length)), 3)
+            kind = sorted(RARE_EVENTS)[i % len(RARE_EVENTS)]
+            jobs[idx]["event"] = (kind, start, round(start + length, 3))
+            writer.writerow([rows[idx]["path"], kind, start, round(start + length, 3)])
+    return {rows[i]["path"] for i in chosen}
 
 
 def _write_recording(job: dict) -> dict[str, bool]:
@@ -416,6 +459,12 @@ def _write_recording(job: dict) -> dict[str, bool]:
     audio, present = simulate_recording(
         rng, job["duration_s"], job["hour"], job["degradation"], job["species"], job["model"], job["profile"]
     )
+    if job.get("event"):  # close to the recorder: loud, after its response
+        kind, start_s, end_s = job["event"]
+        start, end = int(start_s * SR), int(end_s * SR)
+        sound = RARE_EVENTS[kind](np.random.default_rng(job["seed"].spawn(1)[0]), end - start)
+        audio[start:end] += sound / (np.max(np.abs(sound)) + 1e-12)
+        audio *= min(1.0, 0.95 / np.max(np.abs(audio)))
     sf.write(job["path"], audio, SR, subtype="PCM_16")
     return present
 
@@ -432,6 +481,7 @@ def simulate_survey(
     workers: int | None = None,
     recorder_models: tuple[RecorderModel, ...] = RECORDER_MODELS,
     habitats: int | None = None,
+    rare_events: int = 0,
 ) -> Path:
     """Write a survey of WAV files as SITE/RECORDER/YYYYMMDD_HHMMSS.WAV plus labels.csv.
 
@@ -441,7 +491,8 @@ def simulate_survey(
     and differ in their diel pattern (:class:`DielProfile`, drawn per site; its
     values are in the labels). Recorder models alternate across a site's
     recorders, so every site has each model. The output depends on the seed
-    only (not on ``workers``).
+    only (not on ``workers``). ``rare_events`` recordings, drawn by the seed,
+    each get one rare sound of 3-5 s (``events.csv``); the others are as without.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -493,6 +544,7 @@ def simulate_survey(
                             **profile.as_labels(),
                         }
                     )
+    events = _plant_events(jobs, rows, rare_events, duration_s, seed, out)
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -500,6 +552,7 @@ def simulate_survey(
     else:
         presents = [_write_recording(job) for job in jobs]
     for row, present in zip(rows, presents, strict=True):
+        present["rare_event"] = row["path"] in events
         row.update({key: str(int(v)) for key, v in present.items()})
     labels = out / "labels.csv"
     with labels.open("w", newline="") as f:
