@@ -304,11 +304,12 @@ def siren(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def chainsaw(rng: np.random.Generator, n: int) -> np.ndarray:
-    """A two-stroke buzz: a ~110 Hz pulse train rich in harmonics, revving, over broadband noise."""
+    """A two-stroke engine at full revs: a ~170 Hz buzz rich in harmonics up to several kHz, revving, with a
+    rasp of noise above 1 kHz (nothing else in the survey sounds like it)."""
     t = np.arange(n, dtype=np.float32) / SR
-    f0 = rng.uniform(90, 130) * (1 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.3, 0.8) * t) ** 2)
-    buzz = _tone(f0, tuple(1 / (k + 1) for k in range(12)))
-    return (buzz + 0.5 * _noise(rng, n, 200, 6000)) * _envelope(n, 0.05)
+    f0 = rng.uniform(150, 190) * (1 + 0.15 * np.sin(2 * np.pi * rng.uniform(0.5, 1.0) * t) ** 2)
+    buzz = _tone(f0, tuple(1 / np.sqrt(k + 1) for k in range(30)))
+    return (buzz + 0.4 * _noise(rng, n, 1000, 8000)) * _envelope(n, 0.05)
 
 
 RARE_EVENTS = {"siren": siren, "chainsaw": chainsaw}
@@ -463,8 +464,10 @@ def _write_recording(job: dict) -> dict[str, bool]:
         kind, start_s, end_s = job["event"]
         start, end = int(start_s * SR), int(end_s * SR)
         sound = RARE_EVENTS[kind](np.random.default_rng(job["seed"].spawn(1)[0]), end - start)
-        audio[start:end] += sound / (np.max(np.abs(sound)) + 1e-12)
-        audio *= min(1.0, 0.95 / np.max(np.abs(audio)))
+        ambient = np.sqrt(np.mean(audio[start:end] ** 2)) + 1e-6  # 20 dB over what the recorder hears there,
+        level = min(10 * ambient, 0.25)  # short of clipping at full scale (a recorder's gain is fixed)
+        audio[start:end] += level * sound / (np.sqrt(np.mean(sound**2)) + 1e-12)
+        np.clip(audio, -0.99, 0.99, out=audio)
     sf.write(job["path"], audio, SR, subtype="PCM_16")
     return present
 
