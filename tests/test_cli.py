@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -42,9 +43,10 @@ def test_errors_name_the_problem(tmp_path):
     assert result.exit_code == 2 and "unknown preset" in result.output
 
 
-@pytest.mark.slow
-def test_quickstart_end_to_end(tmp_path):
-    out = tmp_path / "qs"
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    """One small quickstart (3 sites, 2 days, 3 times of day, a siren and a chainsaw planted), run once."""
+    out = tmp_path_factory.mktemp("quickstart") / "qs"
     result = runner.invoke(
         app,
         [
@@ -61,9 +63,17 @@ def test_quickstart_end_to_end(tmp_path):
             "2",
             "--hours",
             "0,8,16",
+            "--rare-events",
+            "2",
             "--quiet",
         ],
     )
+    return out, result
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(quickstart):
+    out, result = quickstart
     assert result.exit_code == 0, result.output
     labels = pd.read_csv(out / "survey" / "labels.csv")
     df = pd.read_parquet(out / "latents.parquet")
@@ -84,6 +94,18 @@ def test_quickstart_end_to_end(tmp_path):
     walk = interpretation["boundary_walk"]
     assert walk["probabilities"][-1] == pytest.approx(0.9) and len(walk["audio"]) == len(walk["probabilities"])
     assert html.count("data:audio/wav;base64,") == len(walk["audio"]) and "<audio controls" in html
+    # exemplars to hear: for each site, excerpts of its own recordings, embedded as Ogg
+    exemplars = interpretation["exemplars"]
+    assert {e["class"] for e in exemplars} == set(labels["site"])
+    assert all(e["path"].startswith(e["class"] + "/") for e in exemplars)
+    assert html.count("data:audio/ogg;base64,") >= len(exemplars)
+    # the novelty ranking, keyed like the latents, and the diel view of each site
+    scores = pd.read_parquet(out / "eval" / "novelty" / "novelty.parquet")
+    assert len(scores) == len(df) and set(scores["rank"].dropna().astype(int)) == set(range(1, len(df) + 1))
+    assert {"novelty_logmel", "novelty_vae", "neg_elbo"} <= set(scores.columns)
+    diel = json.loads((out / "eval" / "diel" / "diel.json").read_text())
+    assert [v["group"] for v in diel["views"]] == sorted(set(labels["site"]))
+    assert all(len(v["days"]) == 2 for v in diel["views"])
     metrics = pd.read_csv(out / "eval" / "metrics.csv")
     assert {"vae", "indices", "logmel"} <= set(metrics["features"])
     # every feature set through every descriptor, on the same units
@@ -91,3 +113,61 @@ def test_quickstart_end_to_end(tmp_path):
     assert evaluation["vae"]["features"] == "vae" and "logmel" in evaluation["against"]
     assert "Verdict" in html
     assert (out / "eval" / "hardware.json").is_file() and (out / "methods.json").is_file()
+
+
+def _chromium():
+    """Selenium driving Debian's headless chromium, or a skip saying what is missing."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the dev extras)")
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (scripts/test.sh installs them as root)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+@pytest.mark.slow
+def test_report_in_a_real_browser(quickstart, tmp_path):
+    out, result = quickstart
+    assert result.exit_code == 0, result.output
+    browser = _chromium()
+    try:
+        browser.get((out / "report.html").as_uri())
+        images = browser.execute_script("return [...document.images].map(i => [i.alt, i.complete, i.naturalWidth])")
+        assert len(images) >= 15 and all(done and width > 0 for _, done, width in images), images
+        durations = browser.execute_async_script(
+            """const done = arguments[arguments.length - 1];
+            const audios = [...document.querySelectorAll('audio')];
+            Promise.all(audios.map(a => a.readyState >= 1 ? null : new Promise(ok => {
+                a.addEventListener('loadedmetadata', ok); a.addEventListener('error', ok); a.load(); })))
+              .then(() => done(audios.map(a => a.duration)));"""
+        )
+        assert len(durations) >= 10 and all(d > 0 for d in durations), durations
+        broken = browser.execute_script(
+            "return [...document.querySelectorAll('a[href^=\"#\"]')]"
+            ".map(a => a.getAttribute('href').slice(1)).filter(id => !document.getElementById(id))"
+        )
+        assert broken == []
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == []
+        shot = tmp_path / "report.png"
+        browser.save_screenshot(str(shot))
+    finally:
+        browser.quit()
+    from matplotlib.image import imread
+
+    pixels = imread(shot)[..., :3]
+    assert pixels.std() > 0.05 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # a page, not a blank

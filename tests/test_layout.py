@@ -19,7 +19,7 @@ LAYERS = [
     {"run", "latents", "summary"},
     {"recorder_offsets", "precision"},
     {"train", "encode"},
-    {"descriptors", "novelty"},
+    {"descriptors", "novelty", "diel"},
     {"baselines"},
     {"evaluate"},
     {"hardware", "interpret"},

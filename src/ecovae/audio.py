@@ -354,6 +354,20 @@ def read_audio(rec: Recording, target_rate: int = 48_000) -> np.ndarray:
     return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
 
 
+def read_excerpt(rec: Recording, start_s: float, seconds: float, rate: int) -> np.ndarray:
+    """``seconds`` of mono float32 audio at ``rate`` from ``start_s`` (clamped to the file): to listen to a frame."""
+    start = min(max(0, int(round(start_s * rec.sample_rate))), rec.n_samples)
+    n = max(0, min(int(round(seconds * rec.sample_rate)), rec.n_samples - start))
+    try:
+        with sf.SoundFile(str(rec.path)) as f:
+            f.seek(start)
+            data = f.read(n, dtype="float32", always_2d=True)
+    except Exception as e:
+        raise BadAudio(rec.path, f"read error at {start_s:.1f} s ({_short(e)})") from None
+    mono = np.ascontiguousarray(data.mean(axis=1), dtype=np.float32)
+    return mono if rec.sample_rate == rate else soxr.resample(mono, rec.sample_rate, rate).astype(np.float32)
+
+
 # libsndfile's log of a WAV whose data chunk is shorter than its header says.
 _DATA_SHORT = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import sys
 import time
@@ -501,6 +502,122 @@ def report(
     typer.echo(f"report: {path} (methods card also in {path.with_name('methods.json')})")
 
 
+NOVELTY_FEATURES = ("logmel", "vae")  # the first ranks; bench/novelty.py measures which finds planted events
+NOVELTY_TOP = 50
+NOVELTY_LISTEN = 10  # of the top frames, this many get an excerpt to hear in the report
+
+
+def _novelty(
+    frames,
+    recordings: Path,
+    out: Path,
+    features: tuple[str, ...],
+    top: int,
+    elbo,
+    spec,
+    seed: int,
+) -> dict:
+    """Score, write the scores and their summary, and excerpts of the most unusual frames to listen to."""
+    from ecovae.interpret import write_excerpt
+    from ecovae.novelty import EVENTS_FILE, neg_elbo_per_frame, novelty_scores, read_events, write_novelty
+
+    neg_elbo = neg_elbo_per_frame(elbo[0], elbo[1], recordings, frames) if elbo else None
+    scores = novelty_scores(frames, features, seed=seed, neg_elbo=neg_elbo)
+    settings = {"features": list(features), "neg_elbo": neg_elbo is not None, "recordings": str(recordings)}
+    summary = write_novelty(scores, out, top, read_events(recordings / EVENTS_FILE), spec.frame_seconds, settings)
+    listen = []
+    (out / "excerpts").mkdir(exist_ok=True)
+    for row in scores.nsmallest(min(top, NOVELTY_LISTEN), "rank").itertuples(index=False):
+        try:
+            e = write_excerpt(
+                recordings,
+                row.path,
+                row.frame_offset_s,
+                spec.frame_seconds,
+                out / "excerpts",
+                f"top_{int(row.rank):03d}",
+            )
+        except Exception as err:  # a file gone since encoding: the others still get written
+            logging.getLogger(__name__).warning("excerpt left out: %s", err)
+            continue
+        scored = {c: float(getattr(row, c)) for c in summary["scores"]}
+        listen.append(
+            {**e, "rank": int(row.rank), **scored, "audio": f"excerpts/{e['audio']}", "image": f"excerpts/{e['image']}"}
+        )
+    summary["listen"] = listen
+    (out / "novelty.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+@app.command()
+def novelty(
+    latents: Annotated[Path, typer.Argument(help="Latents from 'ecovae encode'.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for novelty.parquet, the top list and excerpts.")],
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Run folder (for --elbo and the spectrogram settings).")
+    ] = None,
+    recordings: Annotated[Path | None, typer.Option(help="Recordings folder (default: the run's).")] = None,
+    top: Annotated[int, typer.Option(help="Frames in the top list.")] = NOVELTY_TOP,
+    features: Annotated[
+        str, typer.Option(help="Feature sets to score, comma-separated; the first ranks (logmel, vae).")
+    ] = ",".join(NOVELTY_FEATURES),
+    elbo: Annotated[
+        bool, typer.Option("--elbo", help="Also each frame's negative ELBO (a decoder pass; needs --model).")
+    ] = False,
+    seed: int = 0,
+) -> None:
+    """Unusual sounds ranked: each frame's negative log density under a Gaussian mixture of the survey's frames."""
+    _setup_logging(False)
+    from ecovae.latents import read_latents
+    from ecovae.run import load_model
+    from ecovae.spectrogram import SpectrogramConfig
+
+    if elbo and model is None:
+        _fail("--elbo needs --model RUN (the decoder)")
+    with _user_errors():
+        frames = read_latents(latents)
+        if recordings is None and model is not None:
+            recordings = Path(json.loads((model / "run.json").read_text()).get("recordings", ""))
+        if recordings is None or not recordings.is_dir():
+            _fail(f"the recordings folder {recordings} is not there: give --recordings (the excerpts need the audio)")
+        net, spec = load_model(model) if model else (None, SpectrogramConfig())
+        names = tuple(f.strip() for f in features.split(",") if f.strip())
+        summary = _novelty(frames, recordings, out, names, top, (net, spec) if elbo else None, spec, seed)
+    typer.echo(
+        f"{summary['frames']} frames scored ({summary['silent_frames']} silent, unranked), ranked by "
+        f"{summary['ranked_by']}; top {top} in {out / 'novelty_top.csv'}"
+    )
+    for e in summary.get("events") or []:
+        typer.echo(
+            f"  known event {e['kind']} in {e['path']} at {e['start_s']:.1f}-{e['end_s']:.1f} s: best rank {e['best_rank']}"
+        )
+
+
+plot_app = typer.Typer(no_args_is_help=True, help="Figures from the latents.")
+app.add_typer(plot_app, name="plot")
+
+
+@plot_app.command("diel")
+def plot_diel(
+    latents: Annotated[Path, typer.Argument(help="Latents from 'ecovae encode'.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for diel_<group>.png and diel.json.")],
+    by: Annotated[
+        str, typer.Option(help="Label column: one image per value (site, say); 'none' for one image.")
+    ] = "site",
+    bin_minutes: Annotated[int, typer.Option(help="Minutes per column of the image.")] = 30,
+    seed: int = 0,
+) -> None:
+    """Days at a glance: three principal components of mu as red, green and blue, days x time of day, per group."""
+    from ecovae.diel import diel_views, write_diel
+    from ecovae.latents import read_latents
+
+    with _user_errors():
+        views, settings = diel_views(read_latents(latents), None if by == "none" else by, bin_minutes, seed)
+        summary = write_diel(views, settings, out)
+    for v in summary["views"]:
+        typer.echo(f"{out / v['image']}: {len(v['days'])} days, {v['frames']} frames")
+
+
 @app.command()
 def run(
     recordings: Annotated[Path, typer.Argument(help="Folder of recordings.")],
@@ -532,6 +649,7 @@ class Analysis:
     group: str | None = None
     indices_seconds: float | None = None
     precision: str = "auto"  # the encoder's (ecovae.precision)
+    novelty_elbo: bool = False  # also rank frames by negative ELBO (a decoder pass over the survey)
 
 
 def _pipeline(
@@ -595,7 +713,16 @@ def _pipeline(
                 eval_dir,
                 json.loads((run_dir / "run.json").read_text()),
                 seed=seed,
+                frames=frames,
             )
+            typer.echo(f"[novelty] {eval_dir / 'novelty'}/")
+            elbo = (model, spec) if a.novelty_elbo else None
+            _novelty(frames, recordings, eval_dir / "novelty", NOVELTY_FEATURES, NOVELTY_TOP, elbo, spec, seed)
+            if frames["frame_time"].notna().any():
+                from ecovae.diel import diel_views, write_diel
+
+                typer.echo(f"[diel] {eval_dir / 'diel'}/")
+                write_diel(*diel_views(frames, by=target, seed=seed), eval_dir / "diel")
     except TrainingStopped as e:
         _fail(f"{e} (ecovae run resumes by itself)", code=143)
     path = write_report(run_dir, eval_dir, out / "report.html")
@@ -638,6 +765,9 @@ def quickstart(
     days: Annotated[int, typer.Option(help="Days recorded: one unit of analysis per site, recorder and day.")] = 3,
     hours: Annotated[str, typer.Option(help="Recording start hours, comma-separated.")] = "0,3,6,9,12,15,18,21",
     seed: Annotated[int, typer.Option(help="Seed for the survey and the training.")] = 0,
+    rare_events: Annotated[
+        int, typer.Option(help="Recordings given a rare sound (siren, chainsaw) for the novelty ranking to find.")
+    ] = 4,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Simulate a survey of several days and run the whole pipeline on it (tiny model): a report in minutes.
@@ -658,11 +788,20 @@ def quickstart(
             f"times of day, {duration:g} s each, in {survey}/"
         )
         simulate_survey(
-            survey, n_sites=sites, hours=hour_list, days=days, seed=seed, duration_s=duration, habitats=habitats
+            survey,
+            n_sites=sites,
+            hours=hour_list,
+            days=days,
+            seed=seed,
+            duration_s=duration,
+            habitats=habitats,
+            rare_events=rare_events,
         )
     # What a demo of minutes spends its time on (bench/representation.py measured the choices):
     # training steps buy representation quality; the acoustic indices (slow) see 3 s of each recording.
-    analysis = Analysis(unit="site,recorder", window="1D", indices_seconds=QUICKSTART_INDICES_SECONDS)
+    analysis = Analysis(
+        unit="site,recorder", window="1D", indices_seconds=QUICKSTART_INDICES_SECONDS, novelty_elbo=True
+    )
     report_path = _pipeline(survey, out, None, "site", analysis, "recorder_model", "tiny", steps, seed, quiet)
     typer.echo(
         f"\ndone in {time.time() - t0:.0f} s. Open {report_path} in a browser; the latents:\n"

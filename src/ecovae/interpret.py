@@ -13,6 +13,9 @@
   class p = 0.1 ... 0.9, each step decoded to a spectrogram, shown with its
   difference from the start, the change per mel band, and as sound (mel
   inversion, Griffin-Lim) to listen to.
+* Exemplars to listen to: for each class, the frames closest to its mean
+  latent and those the classifier is most sure of, with 1.5 s either side, as
+  compressed audio (Ogg Vorbis, 24 kHz) beside a spectrogram.
 * PCA and UMAP of the descriptors, coloured by each label.
 """
 
@@ -29,9 +32,10 @@ import torch
 from sklearn.preprocessing import StandardScaler
 
 from ecovae import plots
-from ecovae.audio import open_recording
+from ecovae.audio import open_recording, read_excerpt
 from ecovae.descriptors import MixtureMoments, TimeAveraged, Units
 from ecovae.evaluate import linear_classifier
+from ecovae.latents import FEATURE_SETS, is_feature_column
 from ecovae.logmel_cache import cache_survey
 from ecovae.model import SoundscapeVAE
 from ecovae.spectrogram import SpectrogramConfig
@@ -292,6 +296,113 @@ def write_walk_audio(walk: Walk, spec: SpectrogramConfig, out: Path, rate: int =
     return names
 
 
+# --------------------------------------------------------------------------- excerpts to listen to
+
+EXCERPT_RATE = 24_000  # Hz: the mels end at 15 kHz, and 24 kHz keeps everything below 12 kHz; small to embed
+CONTEXT_S = 1.5  # seconds either side of the frame: a frame alone is too short to recognise a sound
+
+
+def write_excerpt(root: Path, path: str, offset_s: float, frame_s: float, out: Path, name: str) -> dict:
+    """The frame at ``offset_s`` of ``path`` with CONTEXT_S either side, as Ogg Vorbis (peak-normalised, the gain
+    recorded) and its spectrogram with the frame marked. Raises BadAudio if the file cannot be read now."""
+    import soundfile as sf
+
+    rec = open_recording(root / path, root)
+    start = max(0.0, offset_s - CONTEXT_S)
+    audio = read_excerpt(rec, start, offset_s + frame_s + CONTEXT_S - start, EXCERPT_RATE)
+    peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
+    gain = 0.9 / peak if peak > 0 else 1.0
+    sf.write(out / f"{name}.ogg", audio * gain, EXCERPT_RATE, format="OGG", subtype="VORBIS")
+    plots.excerpt(
+        audio,
+        EXCERPT_RATE,
+        (offset_s - start, offset_s - start + frame_s),
+        f"{path} @ {offset_s:.1f} s",
+        out / f"{name}.png",
+    )
+    return {
+        "path": path,
+        "frame_offset_s": float(offset_s),
+        "start_s": start,
+        "end_s": start + len(audio) / EXCERPT_RATE,
+        "gain_db": float(20 * np.log10(gain)),
+        "audio": f"{name}.ogg",
+        "image": f"{name}.png",
+    }
+
+
+def _spread(candidates: pd.DataFrame, order: np.ndarray, n: int) -> list[int]:
+    """The first ``n`` rows in ``order``, at most one per recording (n different sounds, not one sound n times)."""
+    chosen, seen = [], set()
+    for i in order:
+        path = candidates["path"].iloc[i]
+        if path not in seen:
+            chosen.append(int(i))
+            seen.add(path)
+        if len(chosen) == n:
+            break
+    return chosen
+
+
+def exemplars(
+    frames: pd.DataFrame,
+    classifier,
+    target: str,
+    root: Path,
+    spec: SpectrogramConfig,
+    out: Path,
+    per_class: int = 2,
+) -> list[dict]:
+    """For each class of ``target``: the ``per_class`` frames nearest the class's mean latent, and the
+    ``per_class`` its frames the (time-averaged latent) ``classifier`` gives the class the highest probability,
+    each written as an excerpt to hear (one per recording). Silent frames are never chosen."""
+    mu_cols = [c for c in frames.columns if c.startswith(FEATURE_SETS["vae"][0]) and is_feature_column(c)]
+    keep = frames[target].notna() & (frames[target].astype(str) != "")
+    if "silent" in frames:
+        keep &= ~frames["silent"].astype(bool)
+    frames = frames[keep]
+    mu = frames[mu_cols].to_numpy(np.float64)
+    y = frames[target].astype(str).to_numpy()
+    proba = classifier.predict_proba(mu)
+    classes = [str(c) for c in classifier.classes_]
+    folder = out / "exemplars"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k, cls in enumerate(classes):
+        own = np.flatnonzero(y == cls)
+        if not len(own):
+            continue
+        of_class = frames.iloc[own]
+        distance = np.linalg.norm(mu[own] - mu[own].mean(0), axis=1)
+        picks = {
+            "nearest the class mean": (_spread(of_class, np.argsort(distance), per_class), distance),
+            "classifier most sure": (_spread(of_class, np.argsort(-proba[own, k]), per_class), None),
+        }
+        for why, (chosen, dist) in picks.items():
+            for i in chosen:
+                row = of_class.iloc[i]
+                name = f"exemplar_{len(rows):03d}"
+                try:
+                    excerpt = write_excerpt(
+                        root, row["path"], float(row["frame_offset_s"]), spec.frame_seconds, folder, name
+                    )
+                except Exception as e:  # a file gone or broken since encoding: the rest still gets written
+                    log.warning("exemplar left out: %s", e)
+                    continue
+                rows.append(
+                    {
+                        "class": cls,
+                        "why": why,
+                        **excerpt,
+                        "audio": f"exemplars/{excerpt['audio']}",
+                        "image": f"exemplars/{excerpt['image']}",
+                        "probability": float(proba[own[i], k]),
+                        "distance": float(dist[i]) if dist is not None else None,
+                    }
+                )
+    return rows
+
+
 # --------------------------------------------------------------------------- projections
 
 
@@ -332,8 +443,10 @@ def interpret(
     recording: str | None = None,
     classes: tuple[str, str] | None = None,
     seed: int = 0,
+    frames: pd.DataFrame | None = None,
 ) -> dict:
-    """Write every interpretation figure into ``out`` and return (and save) interpretation.json."""
+    """Write every interpretation figure into ``out`` and return (and save) interpretation.json; with the
+    per-frame latents (``frames``), exemplars of each class to listen to."""
     out.mkdir(parents=True, exist_ok=True)
     meta = recs.meta
     if target not in meta.columns:
@@ -404,6 +517,11 @@ def interpret(
         "band_change_db": coarse,
         "audio": sounds,
     }
+
+    if frames is not None and target in frames.columns:
+        info["exemplars"] = exemplars(
+            frames, linear_classifier().fit(z[labelled], y[labelled]), target, root, spec, out
+        )
 
     label_cols = [
         c

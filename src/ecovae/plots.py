@@ -199,15 +199,59 @@ def training_curves(metrics, path: Path) -> Path:
     return _save(fig, path)
 
 
-def novelty_histogram(scores: np.ndarray, top: int, path: Path) -> Path:
+def novelty_histogram(scores: np.ndarray, top: int, name: str, path: Path) -> Path:
     """Frames by novelty score, the ``top`` most unusual marked."""
-    fig, ax = _subplots(figsize=(6, 3))
+    fig, ax = _subplots(figsize=(6, 2.6))
     ax.hist(scores, bins=min(80, max(10, len(scores) // 20)), color="0.5")
     if len(scores):
         cut = np.sort(scores)[-min(top, len(scores))]
         ax.axvline(cut, color="C3", lw=1, label=f"top {min(top, len(scores))}")
         ax.legend(fontsize=8)
     ax.set_yscale("log")
-    ax.set_xlabel("novelty (negative log density)")
+    ax.set_xlabel(f"{name.replace('_', ' ')} (higher: rarer)")
     ax.set_ylabel("frames")
+    return _save(fig, path)
+
+
+def excerpt(audio: np.ndarray, rate: int, frame: tuple[float, float], title: str, path: Path) -> Path:
+    """A small spectrogram of an excerpt (dB, 0 to rate/2), the frame it stands for between dashed lines."""
+    fig, ax = _subplots(figsize=(3.4, 1.7))
+    if len(audio) >= 512:
+        power, _, _, image = ax.specgram(audio, NFFT=512, Fs=rate, noverlap=384, cmap="magma", scale="dB")
+        top = 10 * np.log10(power.max() + 1e-30)
+        image.set_clim(top - 70, top)  # 70 dB below the loudest cell: the excerpt's own range
+    for t in frame:
+        ax.axvline(t, color="w", ls="--", lw=0.8)
+    ax.set_yticks([0, 4000, 8000, 12000], ["0", "4", "8", "12"])
+    ax.set_ylabel("kHz", fontsize=7)
+    ax.set_xlabel("s", fontsize=7)
+    ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=7)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    return path
+
+
+def diel(image: np.ndarray, days: list[str], profile: dict, title: str, path: Path) -> Path:
+    """Days at a glance: ``image`` (days, bins over 24 h, RGB in [0, 1]; NaN where nothing was recorded) above
+    each component's median and interquartile range by hour (``profile``: hours, median and q25/q75 per
+    component)."""
+    height = 0.9 + 0.22 * len(days)
+    fig, (top, bottom) = _subplots(2, 1, figsize=(7.5, height + 2.0), height_ratios=[height, 2.0])
+    shown = np.where(np.isnan(image), 0.92, image)  # light grey: not recorded
+    top.imshow(shown, aspect="auto", extent=(0, 24, len(days) - 0.5, -0.5), interpolation="nearest")
+    top.set_yticks(range(len(days)), days, fontsize=7)
+    top.set_xticks(range(0, 25, 3))
+    top.set_xlim(0, 24)
+    top.set_title(title, fontsize=9)
+    top.set_xlabel("time of day (h); red, green, blue = principal components 1, 2, 3 of mu", fontsize=8)
+    hours = np.asarray(profile["hours"])
+    for k, colour in enumerate(("tab:red", "tab:green", "tab:blue")):
+        med, lo, hi = (np.asarray(profile[key][k], float) for key in ("median", "q25", "q75"))
+        bottom.fill_between(hours, lo, hi, color=colour, alpha=0.2, lw=0)
+        bottom.plot(hours, med, color=colour, marker=".", lw=1, label=f"PC{k + 1}")
+    bottom.set_xlim(0, 24)
+    bottom.set_xticks(range(0, 25, 3))
+    bottom.set_xlabel("hour of day", fontsize=8)
+    bottom.set_ylabel("component (median, IQR)", fontsize=8)
+    bottom.legend(fontsize=7, ncol=3)
     return _save(fig, path)

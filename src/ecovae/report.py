@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -27,8 +29,47 @@ def _data_uri(path: Path) -> str | None:
     """The file inlined, so the report is one file to send (PNG pictures, WAV sounds)."""
     if not path.is_file():
         return None
-    mime = {".wav": "audio/wav"}.get(path.suffix.lower(), "image/png")
+    mime = {".wav": "audio/wav", ".ogg": "audio/ogg"}.get(path.suffix.lower(), "image/png")
     return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+@dataclass
+class AudioBudget:
+    """Sound is embedded until ``bytes_left`` is spent; past it, a link to the file beside the report."""
+
+    bytes_left: int
+    report_dir: Path
+    linked: int = 0
+
+    def src(self, path: Path) -> str | None:
+        if not path.is_file():
+            return None
+        size = path.stat().st_size
+        if size > self.bytes_left:
+            self.linked += 1
+            return Path(os.path.relpath(path, self.report_dir)).as_posix()
+        self.bytes_left -= size
+        return _data_uri(path)
+
+
+def _excerpts(rows: list[dict], folder: Path, budget: AudioBudget) -> list[dict]:
+    """Rows with ``audio`` and ``image`` (file names in ``folder``) given what the page needs to show them."""
+    return [
+        {**r, "audio_src": budget.src(folder / r["audio"]), "image_src": _data_uri(folder / r["image"])} for r in rows
+    ]
+
+
+def _confusions(ev: dict, eval_dir: Path) -> tuple[list, list]:
+    """(name, image, role) of the VAE's best and the best baseline's confusion matrices, to show; the rest, folded."""
+    images = {n: _data_uri(eval_dir / src) for n, src in ev.get("confusion_images", {}).items()}
+    baselines = sorted((ev.get("against") or {}).values(), key=lambda r: -r["balanced_accuracy"])
+    roles = [(ev.get("vae"), "the VAE's best"), (baselines[0] if baselines else None, "the best baseline")]
+    shown = []
+    for row, role in roles:
+        name = f"{row['features']} {row['descriptor']} / {row['classifier']}" if row else None  # evaluate's naming
+        if name in images:
+            shown.append((name, images.pop(name), role))
+    return shown, [(n, src, "") for n, src in images.items()]
 
 
 def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None) -> dict[str, dict[str, str]]:
@@ -121,10 +162,17 @@ def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None)
     }
 
 
+AUDIO_BUDGET_MB = 8.0  # sound embedded in the report; past it, links to the files
+
+
 def write_report(
-    run_dir: Path | str, eval_dir: Path | str, out: Path | str, latents_summary: Path | str | None = None
+    run_dir: Path | str,
+    eval_dir: Path | str,
+    out: Path | str,
+    latents_summary: Path | str | None = None,
+    audio_budget_mb: float = AUDIO_BUDGET_MB,
 ) -> Path:
-    """Render report.html (self-contained) and methods.json beside it."""
+    """Render report.html (self-contained up to ``audio_budget_mb`` of sound) and methods.json beside it."""
     from ecovae import plots
 
     run_dir, eval_dir, out = Path(run_dir), Path(eval_dir), Path(out)
@@ -149,6 +197,16 @@ def write_report(
     methods = methods_card(run_dir, eval_dir, out)
     (out.with_name("methods.json")).write_text(json.dumps(methods, indent=2) + "\n")
 
+    budget = AudioBudget(int(audio_budget_mb * 1e6), out.parent)
+    exemplars = _excerpts(interp.get("exemplars") or [], eval_dir, budget)
+    novelty = _read_json(eval_dir / "novelty" / "novelty.json")
+    if novelty:
+        novelty["listen"] = _excerpts(novelty.get("listen", []), eval_dir / "novelty", budget)
+        novelty["histogram_src"] = _data_uri(eval_dir / "novelty" / novelty["histogram"])
+    diel = _read_json(eval_dir / "diel" / "diel.json")
+    for view in diel.get("views", []):
+        view["src"] = _data_uri(eval_dir / "diel" / view["image"])
+    shown, folded = _confusions(ev, eval_dir)
     env = Environment(loader=PackageLoader("ecovae", "templates"), autoescape=select_autoescape(["html", "j2"]))
     html = env.get_template("report.html.j2").render(
         title=f"{Path(run.get('recordings', '')).name or 'survey'}" + (f", {ev['target']}" if ev.get("target") else ""),
@@ -181,7 +239,7 @@ def write_report(
             "walk_bands": _data_uri(eval_dir / "boundary_walk_bands.png"),
         },
         walk_audio=[
-            {"src": _data_uri(eval_dir / name), "p": p}
+            {"src": budget.src(eval_dir / name), "p": p}
             for name, p in zip(
                 (interp.get("boundary_walk") or {}).get("audio", []),
                 (interp.get("boundary_walk") or {}).get("probabilities", []),
@@ -194,7 +252,12 @@ def write_report(
         ],
         evaluation=ev,
         metrics=metrics,
-        confusion_images=[(name, _data_uri(eval_dir / src)) for name, src in ev.get("confusion_images", {}).items()],
+        confusion_images=shown,
+        confusion_folded=folded,
+        exemplars=exemplars,
+        novelty=novelty,
+        diel=diel,
+        audio_budget={"mb": audio_budget_mb, "linked": budget.linked},
         interpretation=interp,
         projection_images=[{**p, "src": _data_uri(eval_dir / p["image"])} for p in interp.get("projections", [])],
         hardware=_read_json(eval_dir / "hardware.json"),

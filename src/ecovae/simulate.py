@@ -294,7 +294,6 @@ def aircraft(rng: np.random.Generator, n: int) -> np.ndarray:
     return (drone + 0.8 * _noise(rng, n, 100, 3000)) * env
 
 
-@lru_cache(maxsize=8)
 def siren(rng: np.random.Generator, n: int) -> np.ndarray:
     """A two-tone wail: a harmonic tone gliding between ~650 and ~1500 Hz every couple of seconds."""
     t = np.arange(n, dtype=np.float32) / SR
@@ -313,8 +312,11 @@ def chainsaw(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 RARE_EVENTS = {"siren": siren, "chainsaw": chainsaw}
+EVENT_DB = 30.0  # over the ambient: a chainsaw or a siren passing within a hundred metres or so
+EVENT_GAIN = 10 ** (EVENT_DB / 20)
 
 
+@lru_cache(maxsize=8)
 def _response(model: RecorderModel, n: int) -> np.ndarray:
     f = np.maximum(np.fft.rfftfreq(n, 1 / SR), 1.0)
     gain = 1 / np.sqrt(1 + (model.highpass_hz / f) ** 4) / np.sqrt(1 + (f / model.lowpass_hz) ** 8)
@@ -464,8 +466,8 @@ def _write_recording(job: dict) -> dict[str, bool]:
         kind, start_s, end_s = job["event"]
         start, end = int(start_s * SR), int(end_s * SR)
         sound = RARE_EVENTS[kind](np.random.default_rng(job["seed"].spawn(1)[0]), end - start)
-        ambient = np.sqrt(np.mean(audio[start:end] ** 2)) + 1e-6  # 20 dB over what the recorder hears there,
-        level = min(10 * ambient, 0.25)  # short of clipping at full scale (a recorder's gain is fixed)
+        ambient = np.sqrt(np.mean(audio[start:end] ** 2)) + 1e-6  # EVENT_DB over what the recorder hears there,
+        level = min(EVENT_GAIN * ambient, 0.5)  # loud but short of full scale (a recorder's gain is fixed)
         audio[start:end] += level * sound / (np.sqrt(np.mean(sound**2)) + 1e-12)
         np.clip(audio, -0.99, 0.99, out=audio)
     sf.write(job["path"], audio, SR, subtype="PCM_16")

@@ -1,0 +1,107 @@
+"""Unusual sounds ranked, and days at a glance: on a simulated survey with rare sounds planted in it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ecovae.diel import diel_views, write_diel
+from ecovae.encode import encode
+from ecovae.latents import read_latents
+from ecovae.model import preset
+from ecovae.novelty import event_ranks, novelty_scores, read_events, write_novelty
+from ecovae.run import init_run
+from ecovae.simulate import simulate_survey
+
+FRAME_S = 1.536
+
+
+@pytest.fixture(scope="module", params=[0, 1])
+def planted(request, tmp_path_factory):
+    """Two sites x two recorders x three times of day x two days, 12 s each; a siren and a chainsaw planted."""
+    root = tmp_path_factory.mktemp(f"planted{request.param}")
+    survey = simulate_survey(
+        root / "survey",
+        n_sites=2,
+        hours=(0.0, 6.0, 12.0),
+        days=2,
+        duration_s=12.0,
+        seed=request.param,
+        rare_events=2,
+    )
+    run = init_run(root / "run", preset("tiny"))  # the log-mel columns do not depend on the weights
+    encode(
+        survey.parent if survey.is_file() else survey, run, root / "latents.parquet", progress=False, precision="fp32"
+    )
+    return root, read_latents(root / "latents.parquet"), read_events(root / "survey" / "events.csv")
+
+
+def _held(frames: pd.DataFrame, events: pd.DataFrame) -> np.ndarray:
+    """Frames that hold at least half a frame of a planted event."""
+    start = frames["frame_offset_s"].to_numpy()
+    held = np.zeros(len(frames), bool)
+    for e in events.itertuples():
+        overlap = np.minimum(start + FRAME_S, e.end_s) - np.maximum(start, e.start_s)
+        held |= (frames["path"].to_numpy() == e.path) & (overlap >= FRAME_S / 2)
+    return held
+
+
+def test_planted_events_rank_among_the_most_unusual(planted):
+    root, frames, events = planted
+    assert sorted(events["kind"]) == ["chainsaw", "siren"]
+    scores = novelty_scores(frames, "logmel")
+    held = _held(scores, events)
+    assert held.sum() >= 2 * len(events)  # 3-5 s events: at least two frames each
+    # Each planted sound is found in the first sixth of the ranking. Not "first": in small surveys a siren under
+    # a loud chorus or a chainsaw beside traffic ranks 5th-19th of 168 (measured over five seeds; the issue's
+    # "ranked first" does not hold for band-mean densities, see the closing note of session 7).
+    for r in event_ranks(scores, events, FRAME_S):
+        assert r["best_rank"]["novelty_logmel"] <= len(frames) / 6, r
+
+
+def test_novelty_outputs_are_keyed_like_the_latents(planted, tmp_path):
+    root, frames, events = planted
+    scores = novelty_scores(frames, ("logmel", "vae"), neg_elbo=np.arange(len(frames), dtype=float))
+    summary = write_novelty(scores, tmp_path, top=5, events=events, frame_seconds=FRAME_S)
+    back = pd.read_parquet(tmp_path / "novelty.parquet")
+    assert list(back[["path", "frame_in_recording"]].itertuples(index=False)) == list(
+        frames[["path", "frame_in_recording"]].itertuples(index=False)
+    )
+    assert not any(c.startswith(("mu_", "logvar_", "logmel_")) for c in back.columns)
+    assert pd.read_csv(tmp_path / "novelty_top.csv")["rank"].tolist() == [1, 2, 3, 4, 5]
+    assert summary["ranked_by"] == "novelty_logmel" and summary["scores"] == [
+        "novelty_logmel",
+        "novelty_vae",
+        "neg_elbo",
+    ]
+    assert json.loads((tmp_path / "novelty.json").read_text())["events"][0]["frames"] >= 2
+
+
+def test_silent_frames_are_not_ranked(planted):
+    _, frames, _ = planted
+    frames = frames.copy()
+    frames.loc[frames.index[:3], "silent"] = True
+    scores = novelty_scores(frames, "logmel")
+    assert scores["rank"].iloc[:3].isna().all() and scores["rank"].max() == len(frames) - 3
+    with pytest.raises(ValueError, match="features must be among"):
+        novelty_scores(frames, "birdsong")
+
+
+def test_diel_view_has_a_row_per_day_and_one_colour_scale(planted, tmp_path):
+    _, frames, _ = planted
+    views, settings = diel_views(frames, by="site", bin_minutes=60)
+    assert [v.group for v in views] == sorted(frames["site"].unique())
+    for v in views:
+        assert len(v.days) == 2 and v.image.shape == (2, 24, 3)
+        recorded = ~np.isnan(v.image[..., 0])
+        # the recorded hours are coloured, the others empty; colours within the fixed scale
+        assert set(np.flatnonzero(recorded.any(0))) == {0, 6, 12}
+        assert np.nanmin(v.image) >= 0 and np.nanmax(v.image) <= 1
+        assert v.profile["hours"] == [0.0, 6.0, 12.0] and len(v.profile["median"]) == 3
+    summary = write_diel(views, settings, tmp_path)
+    assert all((tmp_path / v["image"]).stat().st_size > 0 for v in summary["views"])
+    with pytest.raises(ValueError, match="no label column 'habitat_x'"):
+        diel_views(frames, by="habitat_x")
