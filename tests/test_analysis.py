@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -355,6 +356,12 @@ def test_evaluate_and_describe_units_from_the_command_line(simulated, tmp_path):
     walked = json.loads((tmp_path / "interp" / "interpretation.json").read_text())
     assert walked["saliency"]["recording"] in set(frames["path"])  # a unit's recording, shown
     assert walked["boundary_walk"]["probabilities"][-1] == pytest.approx(0.9)
+    # exemplars to hear: each site's own recordings, as Ogg files that decode to 1.5 s + frame + 1.5 s at most
+    assert {e["class"] for e in walked["exemplars"]} == set(frames["site"])
+    for e in walked["exemplars"]:
+        assert e["path"].startswith(e["class"] + "/")
+        sound, rate = sf.read(tmp_path / "interp" / e["audio"])
+        assert rate == 24_000 and 0 < len(sound) / rate <= 1.5 + 1.536 + 1.5 + 0.01
     result = runner.invoke(
         app,
         [

@@ -470,8 +470,9 @@ def interpret(
     with _user_errors():
         vae, spec = load_model(model)
         run_info = json.loads((model / "run.json").read_text()) if (model / "run.json").is_file() else {}
+        frames = read_latents(latents)
         info = run_interpretation(
-            group_units(read_latents(latents), unit, window),
+            group_units(frames, unit, window),
             vae,
             spec,
             _recordings_root(model, recordings),
@@ -481,12 +482,15 @@ def interpret(
             recording,
             pair,
             seed,
+            frames,
         )
     walk = info["boundary_walk"]
     typer.echo(
         f"boundary walk {walk['from']} -> {walk['to']}: p = " + " ".join(f"{p:.2f}" for p in walk["probabilities"])
     )
-    typer.echo(f"figures in {out}/ (saliency.png, boundary_walk.png, reconstruction_*.png, projection_*.png)")
+    typer.echo(
+        f"figures in {out}/ (saliency.png, boundary_walk.png, reconstruction_*.png, projection_*.png, exemplars/)"
+    )
 
 
 @app.command()
