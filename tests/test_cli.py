@@ -93,12 +93,12 @@ def test_quickstart_end_to_end(quickstart):
     assert interpretation["saliency"]["finite"] and interpretation["reconstruction"]["frames"] > 0
     walk = interpretation["boundary_walk"]
     assert walk["probabilities"][-1] == pytest.approx(0.9) and len(walk["audio"]) == len(walk["probabilities"])
-    assert html.count("data:audio/wav;base64,") == len(walk["audio"]) and "<audio controls" in html
+    assert "<audio controls" in html
     # exemplars to hear: for each site, excerpts of its own recordings, embedded as Ogg
     exemplars = interpretation["exemplars"]
     assert {e["class"] for e in exemplars} == set(labels["site"])
     assert all(e["path"].startswith(e["class"] + "/") for e in exemplars)
-    assert html.count("data:audio/ogg;base64,") >= len(exemplars)
+    assert html.count("data:audio/ogg;base64,") >= len(exemplars) + len(walk["audio"])
     # the novelty ranking, keyed like the latents, and the diel view of each site
     scores = pd.read_parquet(out / "eval" / "novelty" / "novelty.parquet")
     assert len(scores) == len(df) and set(scores["rank"].dropna().astype(int)) == set(range(1, len(df) + 1))

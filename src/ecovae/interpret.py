@@ -279,7 +279,7 @@ def mel_to_audio(logmel: np.ndarray, spec: SpectrogramConfig, n_iter: int = 32, 
 
 
 def write_walk_audio(walk: Walk, spec: SpectrogramConfig, out: Path, rate: int = 32_000) -> list[str]:
-    """Each step as a WAV (16-bit, ``rate`` Hz: the mels end at 15 kHz), one gain for all steps so that
+    """Each step as Ogg Vorbis (``rate`` Hz: the mels end at 15 kHz), one gain for all steps so that
     loudness changes along the walk stay audible."""
     import soundfile as sf
     from scipy.signal import resample_poly
@@ -290,8 +290,8 @@ def write_walk_audio(walk: Walk, spec: SpectrogramConfig, out: Path, rate: int =
     gain = 0.9 / max(float(np.max(np.abs(a))) for a in sounds) if any(np.any(a) for a in sounds) else 1.0
     names = []
     for i, a in enumerate(sounds):
-        name = f"boundary_walk_{i}.wav"
-        sf.write(out / name, (a * gain * fade[: len(a)]).astype(np.float32), rate, subtype="PCM_16")
+        name = f"boundary_walk_{i}.ogg"  # Vorbis: a tenth of the 16-bit WAV, for a report of one file
+        sf.write(out / name, (a * gain * fade[: len(a)]).astype(np.float32), rate, format="OGG", subtype="VORBIS")
         names.append(name)
     return names
 
@@ -318,7 +318,7 @@ def write_excerpt(root: Path, path: str, offset_s: float, frame_s: float, out: P
         EXCERPT_RATE,
         (offset_s - start, offset_s - start + frame_s),
         f"{path} @ {offset_s:.1f} s",
-        out / f"{name}.png",
+        out / f"{name}.jpg",
     )
     return {
         "path": path,
@@ -327,7 +327,7 @@ def write_excerpt(root: Path, path: str, offset_s: float, frame_s: float, out: P
         "end_s": start + len(audio) / EXCERPT_RATE,
         "gain_db": float(20 * np.log10(gain)),
         "audio": f"{name}.ogg",
-        "image": f"{name}.png",
+        "image": f"{name}.jpg",
     }
 
 

@@ -227,7 +227,7 @@ def excerpt(audio: np.ndarray, rate: int, frame: tuple[float, float], title: str
     ax.set_xlabel("s", fontsize=7)
     ax.tick_params(labelsize=7)
     ax.set_title(title, fontsize=7)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
+    fig.savefig(path, dpi=80, bbox_inches="tight", pil_kwargs={"quality": 80})  # JPEG: noise compresses badly in PNG
     return path
 
 

@@ -29,7 +29,7 @@ def _data_uri(path: Path) -> str | None:
     """The file inlined, so the report is one file to send (PNG pictures, WAV sounds)."""
     if not path.is_file():
         return None
-    mime = {".wav": "audio/wav", ".ogg": "audio/ogg"}.get(path.suffix.lower(), "image/png")
+    mime = {".wav": "audio/wav", ".ogg": "audio/ogg", ".jpg": "image/jpeg"}.get(path.suffix.lower(), "image/png")
     return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
