@@ -489,7 +489,7 @@ def interpret(
         f"boundary walk {walk['from']} -> {walk['to']}: p = " + " ".join(f"{p:.2f}" for p in walk["probabilities"])
     )
     typer.echo(
-        f"figures in {out}/ (saliency.png, boundary_walk.png, reconstruction_*.png, projection_*.png, exemplars/)"
+        f"figures in {out}/ (saliency.jpg, boundary_walk.jpg, reconstruction_*.jpg, projection_*.png, exemplars/)"
     )
 
 

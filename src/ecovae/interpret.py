@@ -102,7 +102,7 @@ def reconstruction_metrics(
         if len(images) < n_images and clips:
             x = clips[0][: 8 * spec.frame_hops]
             recon, _, _ = model(x[None, None], sample=False)
-            name = f"reconstruction_{len(images)}.png"
+            name = f"reconstruction_{len(images)}.jpg"
             plots.reconstruction(x.numpy(), recon[0, 0].numpy(), rel, out / name)
             images.append({"path": rel, "image": name})
     if not frames:
@@ -471,7 +471,7 @@ def interpret(
     x = first_clip(root / chosen, root, spec, max_frames=8)
     maps = saliency_maps(model, x, score)
     grid = coarse_grid(maps["integrated gradients (SmoothGrad)"], spec)
-    plots.saliency(x.numpy(), maps, f"{chosen}: what raises the score of {target} = {class_b}", out / "saliency.png")
+    plots.saliency(x.numpy(), maps, f"{chosen}: what raises the score of {target} = {class_b}", out / "saliency.jpg")
     plots.saliency_grid(
         grid, list(BANDS), spec.frame_seconds, f"{chosen}: attribution per frame and band", out / "saliency_grid.png"
     )
@@ -481,7 +481,7 @@ def interpret(
     info["saliency"] = {
         "recording": chosen,
         "class": class_b,
-        "image": "saliency.png",
+        "image": "saliency.jpg",
         "grid_image": "saliency_grid.png",
         "probability": float(1 / (1 + np.exp(-score(z[of_b]).max()))) if recording is None else None,
         "grid": {band: grid[:, i].tolist() for i, band in enumerate(BANDS)},
@@ -497,7 +497,7 @@ def interpret(
         walk.probabilities,
         f"{target}: from the mean of {class_a} across the boundary to {class_b}",
         class_b,
-        out / "boundary_walk.png",
+        out / "boundary_walk.jpg",
     )
     plots.band_change(
         per_mel,
@@ -512,7 +512,7 @@ def interpret(
         "to": class_b,
         "steps": walk.steps,
         "probabilities": walk.probabilities,
-        "image": "boundary_walk.png",
+        "image": "boundary_walk.jpg",
         "bands_image": "boundary_walk_bands.png",
         "band_change_db": coarse,
         "audio": sounds,

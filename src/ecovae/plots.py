@@ -22,7 +22,10 @@ def _subplots(*grid: int, figsize: tuple[float, float], **kw):
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    # Spectrogram figures go to JPEG (.jpg): their noise makes PNGs of a megabyte; lines and text stay PNG.
+    fig.savefig(
+        path, dpi=110, bbox_inches="tight", **({"pil_kwargs": {"quality": 85}} if path.suffix == ".jpg" else {})
+    )
     return path
 
 
@@ -227,7 +230,7 @@ def excerpt(audio: np.ndarray, rate: int, frame: tuple[float, float], title: str
     ax.set_xlabel("s", fontsize=7)
     ax.tick_params(labelsize=7)
     ax.set_title(title, fontsize=7)
-    fig.savefig(path, dpi=80, bbox_inches="tight", pil_kwargs={"quality": 80})  # JPEG: noise compresses badly in PNG
+    fig.savefig(path, dpi=80, bbox_inches="tight", pil_kwargs={"quality": 80})  # JPEG: see _save
     return path
 
 

@@ -233,8 +233,8 @@ def write_report(
         },
         images={
             "training_curves": _data_uri(eval_dir / "training_curves.png"),
-            "saliency": _data_uri(eval_dir / "saliency.png"),
-            "boundary_walk": _data_uri(eval_dir / "boundary_walk.png"),
+            "saliency": _data_uri(eval_dir / "saliency.jpg"),
+            "boundary_walk": _data_uri(eval_dir / "boundary_walk.jpg"),
             "saliency_grid": _data_uri(eval_dir / "saliency_grid.png"),
             "walk_bands": _data_uri(eval_dir / "boundary_walk_bands.png"),
         },

@@ -467,7 +467,7 @@ def _write_recording(job: dict) -> dict[str, bool]:
         start, end = int(start_s * SR), int(end_s * SR)
         sound = RARE_EVENTS[kind](np.random.default_rng(job["seed"].spawn(1)[0]), end - start)
         ambient = np.sqrt(np.mean(audio[start:end] ** 2)) + 1e-6  # EVENT_DB over what the recorder hears there,
-        level = min(EVENT_GAIN * ambient, 0.5)  # loud but short of full scale (a recorder's gain is fixed)
+        level = EVENT_GAIN * ambient  # near the recorder: it clips at full scale, as a real one would (fixed gain)
         audio[start:end] += level * sound / (np.sqrt(np.mean(sound**2)) + 1e-12)
         np.clip(audio, -0.99, 0.99, out=audio)
     sf.write(job["path"], audio, SR, subtype="PCM_16")
