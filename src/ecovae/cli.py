@@ -79,6 +79,9 @@ def simulate(
     hours: str = typer.Option("0,5.5,7,12,18,21.5", help="Recording start hours, comma-separated."),
     duration: float = typer.Option(60.0, help="Seconds per recording."),
     seed: int = typer.Option(0, help="Random seed: the survey depends on it alone."),
+    rare_events: int = typer.Option(
+        0, help="Recordings given a rare sound (a siren or a chainsaw), listed in events.csv; the rest unchanged."
+    ),
 ) -> None:
     """Write a synthetic survey (WAV files with AudioMoth-style names) and its labels.csv."""
     from ecovae.simulate import simulate_survey
@@ -87,7 +90,9 @@ def simulate(
         hour_list = tuple(float(h) for h in hours.split(",") if h.strip())
     except ValueError:
         _fail(f"--hours must be numbers separated by commas, not {hours!r}")
-    labels = simulate_survey(out, sites, recorders, hour_list, days, duration, seed, habitats=habitats or None)
+    labels = simulate_survey(
+        out, sites, recorders, hour_list, days, duration, seed, habitats=habitats or None, rare_events=rare_events
+    )
     n = sites * recorders * days * len(hour_list)
     typer.echo(f"wrote {n} recordings of {duration:g} s under {out}/ and their labels in {labels}")
 
