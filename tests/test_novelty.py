@@ -108,3 +108,27 @@ def test_diel_view_has_a_row_per_day_and_one_colour_scale(planted, tmp_path):
     assert all((tmp_path / v["image"]).stat().st_size > 0 for v in summary["views"])
     with pytest.raises(ValueError, match="no label column 'habitat_x'"):
         diel_views(frames, by="habitat_x")
+
+
+def test_novelty_and_diel_from_the_command_line(planted, tmp_path):
+    from typer.testing import CliRunner
+
+    from ecovae.cli import app
+
+    root, frames, events = planted
+    runner = CliRunner()
+    args = ["novelty", str(root / "latents.parquet"), "--model", str(root / "run"), "--out", str(tmp_path / "nov")]
+    result = runner.invoke(app, [*args, "--recordings", str(root / "survey"), "--top", "5", "--elbo"])
+    assert result.exit_code == 0, result.output
+    assert "known event siren" in result.output and "known event chainsaw" in result.output
+    summary = json.loads((tmp_path / "nov" / "novelty.json").read_text())
+    assert summary["scores"] == ["novelty_logmel", "novelty_vae", "neg_elbo"] and len(summary["listen"]) == 5
+    assert all((tmp_path / "nov" / e["audio"]).stat().st_size > 0 for e in summary["listen"])
+    assert np.isfinite(pd.read_parquet(tmp_path / "nov" / "novelty.parquet")["neg_elbo"]).all()
+    missing = runner.invoke(app, ["novelty", str(root / "latents.parquet"), "--out", str(tmp_path / "x"), "--elbo"])
+    assert missing.exit_code == 2 and "--elbo needs --model" in missing.output
+    result = runner.invoke(app, ["plot", "diel", str(root / "latents.parquet"), "--out", str(tmp_path / "diel")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "diel").glob("*.png")) == [
+        f"diel_{s}.png" for s in sorted(frames["site"].unique())
+    ]
