@@ -171,3 +171,22 @@ def test_report_in_a_real_browser(quickstart, tmp_path):
 
     pixels = imread(shot)[..., :3]
     assert pixels.std() > 0.05 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # a page, not a blank
+
+
+@pytest.mark.slow
+def test_report_links_the_sounds_past_its_audio_budget(quickstart):
+    import re
+
+    from ecovae.report import write_report
+
+    out, result = quickstart
+    assert result.exit_code == 0, result.output
+    embedded = (out / "report.html").read_text().count("data:audio/ogg;base64,")
+    report = write_report(out / "run", out / "eval", out / "small" / "report.html", audio_budget_mb=0.05)
+    html = report.read_text()
+    sources = re.findall(r'<audio controls preload="[a-z]+" src="([^"]+)"', html)
+    kept = html.count("data:audio/ogg;base64,")
+    assert kept < embedded and len(sources) == embedded  # every sound still there: embedded or linked
+    files = [s for s in sources if not s.startswith("data:")]
+    assert len(files) == embedded - kept and all((report.parent / s).is_file() for s in files)
+    assert f"{len(files)} sounds past the report" in html

@@ -132,3 +132,18 @@ def test_novelty_and_diel_from_the_command_line(planted, tmp_path):
     assert sorted(p.name for p in (tmp_path / "diel").glob("*.png")) == [
         f"diel_{s}.png" for s in sorted(frames["site"].unique())
     ]
+
+
+@pytest.mark.parametrize("reference_frames", [50_000, 200])
+def test_a_small_cluster_of_rare_frames_is_still_rare(monkeypatch, reference_frames):
+    """Three near-identical odd frames among 600 ordinary ones in two broad clusters: a mixture can give them a
+    component of their own; the 16th neighbour cannot be among them. Also when neighbours are searched in a
+    sample of the frames (large surveys)."""
+    import ecovae.novelty as novelty
+
+    monkeypatch.setattr(novelty, "REFERENCE_FRAMES", reference_frames)
+    rng = np.random.default_rng(0)
+    ordinary = np.r_[rng.normal(0, 1, (300, 8)), rng.normal(6, 1, (300, 8))]
+    odd = rng.normal(0, 0.01, (3, 8)) + np.r_[3.0, -9.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0]
+    scores = novelty.knn_novelty(np.r_[ordinary, odd])
+    assert sorted(np.argsort(-scores)[:3]) == [600, 601, 602]

@@ -106,9 +106,9 @@ def novelty_scores(
     out = frames[[c for c in frames.columns if not is_feature_column(c)]].copy()
     recordings = frames["path"].to_numpy()
     for name in features:
-        x = _with_context(frames[_columns(frames, name)].to_numpy(np.float64), recordings)
+        x = frames[_columns(frames, name)].to_numpy(np.float64)[~silent]  # silence is no context either
         score = np.full(len(frames), np.nan)
-        score[~silent] = knn_novelty(x[~silent], neighbours, seed)
+        score[~silent] = knn_novelty(_with_context(x, recordings[~silent]), neighbours, seed)
         out[f"novelty_{name}"] = score
     if neg_elbo is not None:
         out["neg_elbo"] = np.where(silent, np.nan, neg_elbo)
