@@ -503,15 +503,18 @@ def report(
     run_dir: Annotated[Path, typer.Argument(help="Run folder.")],
     eval_dir: Annotated[Path, typer.Argument(help="Evaluation folder (evaluate / interpret --out).")],
     out: Annotated[Path, typer.Option("--out", help="HTML file to write.")] = Path("report.html"),
+    audio_budget_mb: Annotated[
+        float, typer.Option(help="Sound embedded in the report (MB); past it, links to the files beside it.")
+    ] = 8.0,
 ) -> None:
     """One self-contained HTML report (and methods.json beside it)."""
     from ecovae.report import write_report
 
-    path = write_report(run_dir, eval_dir, out)
+    path = write_report(run_dir, eval_dir, out, audio_budget_mb=audio_budget_mb)
     typer.echo(f"report: {path} (methods card also in {path.with_name('methods.json')})")
 
 
-NOVELTY_FEATURES = ("logmel", "vae")  # the first ranks; bench/novelty.py measures which finds planted events
+NOVELTY_FEATURES = ("logmel", "vae")  # the first ranks (ecovae.novelty: why log-mel, measured)
 NOVELTY_TOP = 50
 NOVELTY_LISTEN = 10  # of the top frames, this many get an excerpt to hear in the report
 
@@ -528,11 +531,16 @@ def _novelty(
 ) -> dict:
     """Score, write the scores and their summary, and excerpts of the most unusual frames to listen to."""
     from ecovae.interpret import write_excerpt
-    from ecovae.novelty import EVENTS_FILE, neg_elbo_per_frame, novelty_scores, read_events, write_novelty
+    from ecovae.novelty import EVENTS_FILE, NEIGHBOURS, neg_elbo_per_frame, novelty_scores, read_events, write_novelty
 
     neg_elbo = neg_elbo_per_frame(elbo[0], elbo[1], recordings, frames) if elbo else None
     scores = novelty_scores(frames, features, seed=seed, neg_elbo=neg_elbo)
-    settings = {"features": list(features), "neg_elbo": neg_elbo is not None, "recordings": str(recordings)}
+    settings = {
+        "features": list(features),
+        "neighbours": NEIGHBOURS,
+        "neg_elbo": neg_elbo is not None,
+        "recordings": str(recordings),
+    }
     summary = write_novelty(scores, out, top, read_events(recordings / EVENTS_FILE), spec.frame_seconds, settings)
     listen = []
     (out / "excerpts").mkdir(exist_ok=True)
@@ -554,7 +562,10 @@ def _novelty(
             {**e, "rank": int(row.rank), **scored, "audio": f"excerpts/{e['audio']}", "image": f"excerpts/{e['image']}"}
         )
     summary["listen"] = listen
-    (out / "novelty.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from ecovae.files import atomic_file
+
+    with atomic_file(out / "novelty.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -575,7 +586,7 @@ def novelty(
     ] = False,
     seed: int = 0,
 ) -> None:
-    """Unusual sounds ranked: each frame's negative log density under a Gaussian mixture of the survey's frames."""
+    """Unusual sounds ranked: each frame's k-nearest-neighbour density among the survey's frames (rarest first)."""
     _setup_logging(False)
     from ecovae.latents import read_latents
     from ecovae.run import load_model

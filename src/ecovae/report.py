@@ -79,6 +79,7 @@ def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None)
     ev = _read_json(eval_dir / "evaluation.json")
     interp = _read_json(eval_dir / "interpretation.json")
     hw = _read_json(eval_dir / "hardware.json")
+    novelty = _read_json(eval_dir / "novelty" / "novelty.json")
     data, model, spec, train = (
         run.get("data", {}),
         cfg.get("model", {}),
@@ -148,6 +149,10 @@ def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None)
             "interpretation": "integrated gradients and gradient x input (Captum) of the linear score; boundary walks along the "
             "hyperplane normal; PCA and UMAP"
             if interp
+            else "not run",
+            "novelty": f"log distance to the {novelty.get('neighbours', 16)}th nearest frame (k-nearest-neighbour density) of "
+            f"each frame's features and their departure from its recording's median; ranked by {novelty.get('ranked_by')}"
+            if novelty
             else "not run",
             "hardware correction": f"per-{hw['recorder_column']} log-mel offset removed before encoding, fitted on training folds"
             if hw
