@@ -530,8 +530,16 @@ def _novelty(
     seed: int,
 ) -> dict:
     """Score, write the scores and their summary, and excerpts of the most unusual frames to listen to."""
-    from ecovae.interpret import write_excerpt
-    from ecovae.novelty import EVENTS_FILE, NEIGHBOURS, neg_elbo_per_frame, novelty_scores, read_events, write_novelty
+    from ecovae.interpret import write_excerpts
+    from ecovae.novelty import (
+        EVENTS_FILE,
+        NEIGHBOURS,
+        neg_elbo_per_frame,
+        novelty_scores,
+        read_events,
+        score_columns,
+        write_novelty,
+    )
 
     neg_elbo = neg_elbo_per_frame(elbo[0], elbo[1], recordings, frames) if elbo else None
     scores = novelty_scores(frames, features, seed=seed, neg_elbo=neg_elbo)
@@ -541,32 +549,19 @@ def _novelty(
         "neg_elbo": neg_elbo is not None,
         "recordings": str(recordings),
     }
-    summary = write_novelty(scores, out, top, read_events(recordings / EVENTS_FILE), spec.frame_seconds, settings)
-    listen = []
-    (out / "excerpts").mkdir(exist_ok=True)
-    for row in scores.nsmallest(min(top, NOVELTY_LISTEN), "rank").itertuples(index=False):
-        try:
-            e = write_excerpt(
-                recordings,
-                row.path,
-                row.frame_offset_s,
-                spec.frame_seconds,
-                out / "excerpts",
-                f"top_{int(row.rank):03d}",
-            )
-        except Exception as err:  # a file gone since encoding: the others still get written
-            logging.getLogger(__name__).warning("excerpt left out: %s", err)
-            continue
-        scored = {c: float(getattr(row, c)) for c in summary["scores"]}
-        listen.append(
-            {**e, "rank": int(row.rank), **scored, "audio": f"excerpts/{e['audio']}", "image": f"excerpts/{e['image']}"}
+    columns = score_columns(scores)
+    wanted = [
+        (
+            f"excerpts/top_{int(r['rank']):03d}",
+            r["path"],
+            r["frame_offset_s"],
+            {"rank": int(r["rank"])} | {c: float(r[c]) for c in columns},
         )
-    summary["listen"] = listen
-    from ecovae.files import atomic_file
-
-    with atomic_file(out / "novelty.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+        for _, r in scores.nsmallest(min(top, NOVELTY_LISTEN), "rank").iterrows()
+    ]
+    listen = write_excerpts(recordings, spec.frame_seconds, out, wanted)
+    events = read_events(recordings / EVENTS_FILE)
+    return write_novelty(scores, out, top, events, spec.frame_seconds, settings, listen)
 
 
 @app.command()

@@ -19,7 +19,7 @@ import pandas as pd
 from sklearn.decomposition import PCA
 
 from ecovae import plots
-from ecovae.latents import FEATURE_SETS, is_feature_column
+from ecovae.latents import is_feature_column, silent_frames, value_columns
 
 
 @dataclass
@@ -46,13 +46,11 @@ def diel_views(
         labels = [c for c in frames.columns if not is_feature_column(c)]
         raise ValueError(f"no label column {by!r} to group by; the latents have {labels}")
     times = pd.to_datetime(frames["frame_time"])
-    keep = times.notna().to_numpy().copy()
-    if "silent" in frames:
-        keep &= ~frames["silent"].to_numpy(bool)
+    keep = times.notna().to_numpy() & ~silent_frames(frames)
     if keep.sum() < 3:
         raise ValueError(f"{int(keep.sum())} frames with a time: too few for a diel view (no dates in the names?)")
     frames, times = frames[keep], times[keep]
-    mu = frames[[c for c in frames.columns if c.startswith(FEATURE_SETS["vae"][0]) and is_feature_column(c)]]
+    mu = frames[value_columns(frames, "vae")]
     pca = PCA(3, random_state=seed).fit(mu.to_numpy(np.float64))
     pcs = pca.transform(mu.to_numpy(np.float64))
     lo, hi = np.percentile(pcs, [2, 98], axis=0)

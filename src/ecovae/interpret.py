@@ -35,7 +35,7 @@ from ecovae import plots
 from ecovae.audio import open_recording, read_excerpt
 from ecovae.descriptors import MixtureMoments, TimeAveraged, Units
 from ecovae.evaluate import linear_classifier
-from ecovae.latents import FEATURE_SETS, is_feature_column
+from ecovae.latents import silent_frames, value_columns
 from ecovae.logmel_cache import cache_survey
 from ecovae.model import SoundscapeVAE
 from ecovae.spectrogram import SpectrogramConfig
@@ -304,9 +304,11 @@ CONTEXT_S = 1.5  # seconds either side of the frame: a frame alone is too short 
 
 def write_excerpt(root: Path, path: str, offset_s: float, frame_s: float, out: Path, name: str) -> dict:
     """The frame at ``offset_s`` of ``path`` with CONTEXT_S either side, as Ogg Vorbis (peak-normalised, the gain
-    recorded) and its spectrogram with the frame marked. Raises BadAudio if the file cannot be read now."""
+    recorded) and its spectrogram with the frame marked: ``out/<name>.ogg`` and ``.jpg`` (``name`` may hold a
+    subfolder; the returned file names are relative to ``out``). Raises BadAudio if the file cannot be read now."""
     import soundfile as sf
 
+    (out / name).parent.mkdir(parents=True, exist_ok=True)
     rec = open_recording(root / path, root)
     start = max(0.0, offset_s - CONTEXT_S)
     audio = read_excerpt(rec, start, offset_s + frame_s + CONTEXT_S - start, EXCERPT_RATE)
@@ -329,6 +331,18 @@ def write_excerpt(root: Path, path: str, offset_s: float, frame_s: float, out: P
         "audio": f"{name}.ogg",
         "image": f"{name}.jpg",
     }
+
+
+def write_excerpts(root: Path, frame_s: float, out: Path, wanted: list[tuple[str, str, float, dict]]) -> list[dict]:
+    """Each (name, path, frame offset, extra fields) wanted as an excerpt (:func:`write_excerpt`), with the extra
+    fields added. A file gone or broken since encoding is logged and left out; the others are still written."""
+    rows = []
+    for name, path, offset_s, extra in wanted:
+        try:
+            rows.append({**extra, **write_excerpt(root, path, float(offset_s), frame_s, out, name)})
+        except Exception as e:
+            log.warning("excerpt left out: %s", e)
+    return rows
 
 
 def _spread(candidates: pd.DataFrame, order: np.ndarray, n: int) -> list[int]:
@@ -356,18 +370,14 @@ def exemplars(
     """For each class of ``target``: the ``per_class`` frames nearest the class's mean latent, and the
     ``per_class`` its frames the (time-averaged latent) ``classifier`` gives the class the highest probability,
     each written as an excerpt to hear (one per recording). Silent frames are never chosen."""
-    mu_cols = [c for c in frames.columns if c.startswith(FEATURE_SETS["vae"][0]) and is_feature_column(c)]
-    keep = frames[target].notna() & (frames[target].astype(str) != "")
-    if "silent" in frames:
-        keep &= ~frames["silent"].astype(bool)
+    mu_cols = value_columns(frames, "vae")
+    keep = frames[target].notna().to_numpy() & (frames[target].astype(str) != "").to_numpy() & ~silent_frames(frames)
     frames = frames[keep]
     mu = frames[mu_cols].to_numpy(np.float64)
     y = frames[target].astype(str).to_numpy()
     proba = classifier.predict_proba(mu)
     classes = [str(c) for c in classifier.classes_]
-    folder = out / "exemplars"
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
+    wanted = []
     for k, cls in enumerate(classes):
         own = np.flatnonzero(y == cls)
         if not len(own):
@@ -381,26 +391,14 @@ def exemplars(
         for why, (chosen, dist) in picks.items():
             for i in chosen:
                 row = of_class.iloc[i]
-                name = f"exemplar_{len(rows):03d}"
-                try:
-                    excerpt = write_excerpt(
-                        root, row["path"], float(row["frame_offset_s"]), spec.frame_seconds, folder, name
-                    )
-                except Exception as e:  # a file gone or broken since encoding: the rest still gets written
-                    log.warning("exemplar left out: %s", e)
-                    continue
-                rows.append(
-                    {
-                        "class": cls,
-                        "why": why,
-                        **excerpt,
-                        "audio": f"exemplars/{excerpt['audio']}",
-                        "image": f"exemplars/{excerpt['image']}",
-                        "probability": float(proba[own[i], k]),
-                        "distance": float(dist[i]) if dist is not None else None,
-                    }
-                )
-    return rows
+                extra = {
+                    "class": cls,
+                    "why": why,
+                    "probability": float(proba[own[i], k]),
+                    "distance": float(dist[i]) if dist is not None else None,
+                }
+                wanted.append((f"exemplars/exemplar_{len(wanted):03d}", row["path"], row["frame_offset_s"], extra))
+    return write_excerpts(root, spec.frame_seconds, out, wanted)
 
 
 # --------------------------------------------------------------------------- projections

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -71,6 +72,22 @@ def label_column_names(columns: list[str]) -> dict[str, str]:
 
 def is_feature_column(name: str) -> bool:
     return name.startswith(FEATURE_PREFIXES) and name.rsplit("_", 1)[-1].isdigit()
+
+
+def value_columns(frames: pd.DataFrame, features: str) -> list[str]:
+    """The value columns of a per-frame feature set (``vae``: mu_*, ``logmel``: logmel_*), in order."""
+    if features not in FEATURE_SETS:
+        raise ValueError(f"features must be among {sorted(FEATURE_SETS)}, not {features!r}")
+    prefix = FEATURE_SETS[features][0]
+    cols = [c for c in frames.columns if c.startswith(prefix) and is_feature_column(c)]
+    if not cols:
+        raise ValueError(f"no {prefix}* columns in the latents: is this an 'ecovae encode' output?")
+    return cols
+
+
+def silent_frames(frames: pd.DataFrame) -> np.ndarray:
+    """Which rows are digitally silent frames (none where the table has no ``silent`` column)."""
+    return frames["silent"].to_numpy(bool).copy() if "silent" in frames else np.zeros(len(frames), bool)
 
 
 def latents_schema(label_columns: list[str], latent_dim: int, n_mels: int = 64) -> pa.Schema:

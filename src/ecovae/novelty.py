@@ -34,7 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from ecovae import plots
 from ecovae.audio import BadAudio, open_recording
 from ecovae.files import atomic_file
-from ecovae.latents import FEATURE_SETS, is_feature_column
+from ecovae.latents import is_feature_column, silent_frames, value_columns
 from ecovae.model import SoundscapeVAE
 from ecovae.spectrogram import SpectrogramConfig
 from ecovae.survey import recording_clips
@@ -52,16 +52,6 @@ EVENTS_FILE = "events.csv"  # known events of a survey (the simulator's planted 
 
 NEIGHBOURS = 16  # a sound must fill more frames than this (~25 s) in the survey to count as common
 REFERENCE_FRAMES = 50_000  # neighbours searched among at most this many frames (a seeded sample): memory and time
-
-
-def _columns(frames: pd.DataFrame, features: str) -> list[str]:
-    if features not in FEATURE_SETS:
-        raise ValueError(f"features must be among {sorted(FEATURE_SETS)}, not {features!r}")
-    prefix = FEATURE_SETS[features][0]
-    cols = [c for c in frames.columns if c.startswith(prefix) and is_feature_column(c)]
-    if not cols:
-        raise ValueError(f"no {prefix}* columns in the latents: is this an 'ecovae encode' output?")
-    return cols
 
 
 def _with_context(x: np.ndarray, recordings: np.ndarray) -> np.ndarray:
@@ -100,13 +90,13 @@ def novelty_scores(
     ``rank`` by the first score (1 = most unusual; silent frames unranked, NaN)."""
     if isinstance(features, str):
         features = [features]
-    silent = frames["silent"].to_numpy(bool) if "silent" in frames else np.zeros(len(frames), bool)
+    silent = silent_frames(frames)
     if (~silent).sum() < 3:
         raise ValueError(f"{(~silent).sum()} frames that are not silent: too few to rank")
     out = frames[[c for c in frames.columns if not is_feature_column(c)]].copy()
     recordings = frames["path"].to_numpy()
     for name in features:
-        x = frames[_columns(frames, name)].to_numpy(np.float64)[~silent]  # silence is no context either
+        x = frames[value_columns(frames, name)].to_numpy(np.float64)[~silent]  # silence is no context either
         score = np.full(len(frames), np.nan)
         score[~silent] = knn_novelty(_with_context(x, recordings[~silent]), neighbours, seed)
         out[f"novelty_{name}"] = score
@@ -154,11 +144,15 @@ def read_events(path: Path | str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
+def score_columns(scores: pd.DataFrame) -> list[str]:
+    """The score columns of a novelty table, the ranking one first."""
+    return [c for c in scores.columns if c.startswith("novelty_") or c == "neg_elbo"]
+
+
 def event_ranks(scores: pd.DataFrame, events: pd.DataFrame, frame_seconds: float) -> list[dict]:
     """For each known event: the frames that overlap it, their best rank under each score, and how many
     ordinary frames (overlapping no known event) rank before that."""
-    score_cols = [c for c in scores.columns if c.startswith("novelty_") or c == "neg_elbo"]
-    ranks = {c: scores[c].rank(ascending=False, method="first").to_numpy() for c in score_cols}
+    ranks = {c: scores[c].rank(ascending=False, method="first").to_numpy() for c in score_columns(scores)}
     start, paths = scores["frame_offset_s"].to_numpy(), scores["path"].to_numpy()
     hits = [(paths == e.path) & (start < e.end_s) & (start + frame_seconds > e.start_s) for e in events.itertuples()]
     ordinary = ~np.logical_or.reduce(hits) if hits else np.ones(len(scores), bool)
@@ -191,9 +185,11 @@ def write_novelty(
     events: pd.DataFrame | None = None,
     frame_seconds: float = 1.536,
     settings: dict | None = None,
+    listen: list[dict] | None = None,
 ) -> dict:
     """The scores as Parquet (keyed like the latents), the ``top`` frames as CSV, the histogram of the ranking
-    score, and novelty.json (settings, counts, and where known events rank). Returns the summary."""
+    score, and novelty.json (settings, counts, where known events rank, the excerpts to ``listen`` to). Returns
+    the summary."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / SCORES_FILE) as tmp:
@@ -201,17 +197,18 @@ def write_novelty(
     best = scores.nsmallest(top, "rank")
     with atomic_file(out / TOP_FILE) as tmp:
         best.to_csv(tmp, index=False)
-    ranking = next(c for c in scores.columns if c.startswith("novelty_") or c == "neg_elbo")
+    ranking = score_columns(scores)[0]
     plots.novelty_histogram(scores[ranking].dropna().to_numpy(), top, ranking, out / HISTOGRAM_FILE)
     summary = {
         **(settings or {}),
         "ranked_by": ranking,
-        "scores": [c for c in scores.columns if c.startswith("novelty_") or c == "neg_elbo"],
+        "scores": score_columns(scores),
         "frames": len(scores),
         "silent_frames": int(scores["rank"].isna().sum()),
         "top": top,
         "histogram": HISTOGRAM_FILE,
         "events": event_ranks(scores, events, frame_seconds) if events is not None else None,
+        "listen": listen or [],
     }
     with atomic_file(out / SUMMARY_FILE) as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=2) + "\n")

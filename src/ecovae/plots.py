@@ -21,10 +21,10 @@ def _subplots(*grid: int, figsize: tuple[float, float], **kw):
     return fig, fig.subplots(*grid, **kw)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path, dpi: int = 110, quality: int = 85) -> Path:
     # Spectrogram figures go to JPEG (.jpg): their noise makes PNGs of a megabyte; lines and text stay PNG.
     fig.savefig(
-        path, dpi=110, bbox_inches="tight", **({"pil_kwargs": {"quality": 85}} if path.suffix == ".jpg" else {})
+        path, dpi=dpi, bbox_inches="tight", **({"pil_kwargs": {"quality": quality}} if path.suffix == ".jpg" else {})
     )
     return path
 
@@ -230,8 +230,7 @@ def excerpt(audio: np.ndarray, rate: int, frame: tuple[float, float], title: str
     ax.set_xlabel("s", fontsize=7)
     ax.tick_params(labelsize=7)
     ax.set_title(title, fontsize=7)
-    fig.savefig(path, dpi=80, bbox_inches="tight", pil_kwargs={"quality": 80})  # JPEG: see _save
-    return path
+    return _save(fig, path, dpi=80, quality=80)
 
 
 def diel(image: np.ndarray, days: list[str], profile: dict, title: str, path: Path) -> Path:
