@@ -26,6 +26,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         "resume_index.py",
         "representation.py",
         "train_memory.py",
+        "novelty.py",
     ],
 )
 def test_benchmark_smoke(script, shared_data, tmp_path):
@@ -68,6 +69,12 @@ def test_benchmark_smoke(script, shared_data, tmp_path):
             (m, h) for m in ("in memory", "streamed") for h in (0.1, 0.2)
         }
         assert all(r["peak_rss_mb"] > 0 and r["steps_per_s"] > 0 for r in result["rows"])
+    elif script == "novelty.py":  # every planted event ranked, with and without the clip, on the same frames
+        assert {(r["score"], r["kind"]) for r in result["rows"]} == {
+            (s, k) for s in ("clipped", "not clipped (baseline)") for k in ("chainsaw", "siren")
+        }
+        ranks = {(e["score"], e["path"]): e["best_rank"] for e in result["events"]}
+        assert len(ranks) == 4 and all(1 <= r <= result["events"][0]["frames"] for r in ranks.values())
     elif script == "encode_engines.py":
         assert [r["files"] for r in result["rows"]] == [4, 4] and result["rows_equal"]
         assert result["max_mu_difference"] < 1e-4

@@ -147,3 +147,23 @@ def test_a_small_cluster_of_rare_frames_is_still_rare(monkeypatch, reference_fra
     odd = rng.normal(0, 0.01, (3, 8)) + np.r_[3.0, -9.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0]
     scores = novelty.knn_novelty(np.r_[ordinary, odd])
     assert sorted(np.argsort(-scores)[:3]) == [600, 601, 602]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_many_features_a_little_outrank_one_feature_a_lot(seed):
+    """A siren's sweep lifts many bands a little; a bird singing at the microphone lifts one band a lot, and a
+    dawn chorus repeats it. With standardised features soft-clipped, the sweep ranks first; unclipped, one
+    heavy-tailed feature decides the distance and the loud songs rank first."""
+    import ecovae.novelty as novelty
+
+    rng = np.random.default_rng(seed)
+    ordinary = rng.normal(0, 1, (600, 32))
+    loud = rng.normal(0, 1, (30, 32))
+    loud[np.arange(30), np.repeat(np.arange(10), 3)] += 40.0  # ten kinds of loud song, three frames each
+    broad = rng.normal(0, 0.3, (3, 32))
+    broad[:, 16:28] += 3.0  # one odd sound, twelve features a little raised
+    x = np.r_[ordinary, loud, broad]
+    clipped = np.argsort(-novelty.knn_novelty(x))
+    assert sorted(clipped[:3]) == [630, 631, 632]
+    unclipped = np.argsort(-novelty.knn_novelty(x, clip_sd=None))
+    assert set(unclipped[:3]) <= set(range(600, 630)), "the scene no longer shows what the clip is for"

@@ -532,6 +532,7 @@ def _novelty(
     """Score, write the scores and their summary, and excerpts of the most unusual frames to listen to."""
     from ecovae.interpret import write_excerpts
     from ecovae.novelty import (
+        CLIP_SD,
         EVENTS_FILE,
         NEIGHBOURS,
         neg_elbo_per_frame,
@@ -546,6 +547,7 @@ def _novelty(
     settings = {
         "features": list(features),
         "neighbours": NEIGHBOURS,
+        "clip_sd": CLIP_SD,
         "neg_elbo": neg_elbo is not None,
         "recordings": str(recordings),
     }

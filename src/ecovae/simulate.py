@@ -313,7 +313,6 @@ def chainsaw(rng: np.random.Generator, n: int) -> np.ndarray:
 
 RARE_EVENTS = {"siren": siren, "chainsaw": chainsaw}
 EVENT_DB = 30.0  # over the ambient: a chainsaw or a siren passing within a hundred metres or so
-EVENT_GAIN = 10 ** (EVENT_DB / 20)
 
 
 @lru_cache(maxsize=8)
@@ -438,7 +437,9 @@ LABEL_COLUMNS = (
 )
 
 
-def _plant_events(jobs: list[dict], rows: list[dict], n: int, duration_s: float, seed: int, out: Path) -> set[str]:
+def _plant_events(
+    jobs: list[dict], rows: list[dict], n: int, duration_s: float, seed: int, out: Path, event_db: float = EVENT_DB
+) -> set[str]:
     """Choose ``n`` recordings and a rare sound and time in each (own seed: the survey is unchanged otherwise);
     write events.csv. Returns the chosen paths."""
     if not n:
@@ -452,7 +453,7 @@ def _plant_events(jobs: list[dict], rows: list[dict], n: int, duration_s: float,
             length = min(duration_s, rng.uniform(3.0, 5.0))
             start = round(float(rng.uniform(0, duration_s - length)), 3)
             kind = sorted(RARE_EVENTS)[i % len(RARE_EVENTS)]
-            jobs[idx]["event"] = (kind, start, round(start + length, 3))
+            jobs[idx]["event"] = (kind, start, round(start + length, 3), event_db)
             writer.writerow([rows[idx]["path"], kind, start, round(start + length, 3)])
     return {rows[i]["path"] for i in chosen}
 
@@ -463,11 +464,13 @@ def _write_recording(job: dict) -> dict[str, bool]:
         rng, job["duration_s"], job["hour"], job["degradation"], job["species"], job["model"], job["profile"]
     )
     if job.get("event"):  # close to the recorder: loud, after its response
-        kind, start_s, end_s = job["event"]
+        kind, start_s, end_s, event_db = job["event"]
         start, end = int(start_s * SR), int(end_s * SR)
         sound = RARE_EVENTS[kind](np.random.default_rng(job["seed"].spawn(1)[0]), end - start)
         ambient = np.sqrt(np.mean(audio[start:end] ** 2)) + 1e-6  # EVENT_DB over what the recorder hears there,
-        level = EVENT_GAIN * ambient  # near the recorder: it clips at full scale, as a real one would (fixed gain)
+        level = (
+            10 ** (event_db / 20) * ambient
+        )  # near the recorder: it clips at full scale, as a real one would (fixed gain)
         audio[start:end] += level * sound / (np.sqrt(np.mean(sound**2)) + 1e-12)
         np.clip(audio, -0.99, 0.99, out=audio)
     sf.write(job["path"], audio, SR, subtype="PCM_16")
@@ -487,6 +490,7 @@ def simulate_survey(
     recorder_models: tuple[RecorderModel, ...] = RECORDER_MODELS,
     habitats: int | None = None,
     rare_events: int = 0,
+    event_db: float = EVENT_DB,
 ) -> Path:
     """Write a survey of WAV files as SITE/RECORDER/YYYYMMDD_HHMMSS.WAV plus labels.csv.
 
@@ -497,7 +501,8 @@ def simulate_survey(
     values are in the labels). Recorder models alternate across a site's
     recorders, so every site has each model. The output depends on the seed
     only (not on ``workers``). ``rare_events`` recordings, drawn by the seed,
-    each get one rare sound of 3-5 s (``events.csv``); the others are as without.
+    each get one rare sound of 3-5 s (``events.csv``), ``event_db`` over the ambient there; the others are as
+    without.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -549,7 +554,7 @@ def simulate_survey(
                             **profile.as_labels(),
                         }
                     )
-    events = _plant_events(jobs, rows, rare_events, duration_s, seed, out)
+    events = _plant_events(jobs, rows, rare_events, duration_s, seed, out, event_db)
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
