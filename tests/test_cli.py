@@ -190,3 +190,37 @@ def test_report_links_the_sounds_past_its_audio_budget(quickstart):
     files = [s for s in sources if not s.startswith("data:")]
     assert len(files) == embedded - kept and all((report.parent / s).is_file() for s in files)
     assert f"{len(files)} sounds past the report" in html
+
+
+@pytest.mark.slow
+def test_run_on_a_labelled_folder_then_again_resumes_without_duplicates(tmp_path):
+    """`ecovae run`, the command for a user's own recordings: the whole pipeline with the negative ELBO asked
+    for; run again on the same folder, it trains and encodes nothing twice and every frame is there once."""
+    from ecovae.simulate import simulate_survey
+
+    survey = tmp_path / "survey"
+    simulate_survey(survey, n_sites=3, hours=(0, 12), days=2, duration_s=6.0, seed=3, rare_events=1)
+    args = [
+        "run",
+        str(survey),
+        "--labels",
+        str(survey / "labels.csv"),
+        "--target",
+        "site",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    args += ["--unit", "site,recorder", "--window", "1D", "--preset", "tiny", "--max-steps", "20", "--elbo", "--quiet"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "━" not in first.output  # --quiet: no progress bar, the baselines' included
+    scores = pd.read_parquet(tmp_path / "o" / "eval" / "novelty" / "novelty.parquet")
+    assert scores["neg_elbo"].notna().all() and (tmp_path / "o" / "report.html").stat().st_size > 0
+    weights = (tmp_path / "o" / "run" / "model.safetensors").read_bytes()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "(resuming)" in again.output
+    assert (tmp_path / "o" / "run" / "model.safetensors").read_bytes() == weights  # not trained again
+    frames = pd.read_parquet(tmp_path / "o" / "latents.parquet")
+    labels = pd.read_csv(survey / "labels.csv")
+    assert len(frames) == 3 * len(labels) and not frames.duplicated(["path", "frame_in_recording"]).any()

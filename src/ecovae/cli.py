@@ -396,6 +396,7 @@ def _baselines(
     unit: str | None,
     window: str | None,
     indices_seconds: float | None = None,
+    progress: bool = True,
 ) -> dict:
     from ecovae.baselines import baseline_sets
 
@@ -404,7 +405,7 @@ def _baselines(
         return {}
     limit = f" (indices on the first {indices_seconds:g} s of each recording)" if indices_seconds else ""
     typer.echo(f"baseline features: {', '.join(kinds)}{limit}; cached in {cache}/")
-    return baseline_sets(frames, kinds, root, cache, unit, window, indices_seconds=indices_seconds, progress=True)
+    return baseline_sets(frames, kinds, root, cache, unit, window, indices_seconds=indices_seconds, progress=progress)
 
 
 def _print_evaluation(ev) -> None:
@@ -649,11 +650,14 @@ def run(
     max_steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
     seed: int = 0,
     precision: PrecisionOption = "auto",
+    elbo: Annotated[
+        bool, typer.Option("--elbo", help="Also rank unusual frames by negative ELBO (a decoder pass over the survey).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train, encode, evaluate, interpret and report, in one go (resumes where it stopped)."""
     _setup_logging(False)
-    analysis = Analysis(unit, window, group, precision=precision)
+    analysis = Analysis(unit, window, group, precision=precision, novelty_elbo=elbo)
     _pipeline(recordings, out, labels, target, analysis, recorder, preset, max_steps, seed, quiet)
 
 
@@ -708,7 +712,7 @@ def _pipeline(
             frames = read_latents(latents)
             typer.echo(f"[evaluate] {eval_dir}/")
             features = _baselines(
-                frames, BASELINE_DEFAULT, recordings, out / "baselines", a.unit, a.window, a.indices_seconds
+                frames, BASELINE_DEFAULT, recordings, out / "baselines", a.unit, a.window, a.indices_seconds, not quiet
             )
             units = group_units(frames, a.unit, a.window)
             ev = evaluate_descriptors(
