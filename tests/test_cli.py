@@ -103,6 +103,7 @@ def test_quickstart_end_to_end(quickstart):
     scores = pd.read_parquet(out / "eval" / "novelty" / "novelty.parquet")
     assert len(scores) == len(df) and set(scores["rank"].dropna().astype(int)) == set(range(1, len(df) + 1))
     assert {"novelty_logmel", "novelty_vae", "neg_elbo"} <= set(scores.columns)
+    assert "k-nearest-neighbour density" in html and "soft-clipped at 3 sd" in html  # what the score is, as run
     diel = json.loads((out / "eval" / "diel" / "diel.json").read_text())
     assert [v["group"] for v in diel["views"]] == sorted(set(labels["site"]))
     assert all(len(v["days"]) == 2 for v in diel["views"])

@@ -124,6 +124,14 @@ def test_novelty_and_diel_from_the_command_line(planted, tmp_path):
     summary = json.loads((tmp_path / "nov" / "novelty.json").read_text())
     assert summary["scores"] == ["novelty_logmel", "novelty_vae", "neg_elbo"] and len(summary["listen"]) == 5
     assert all((tmp_path / "nov" / e["audio"]).stat().st_size > 0 for e in summary["listen"])
+    # five moments to hear, no two excerpts of one recording overlapping; both planted sounds among them
+    listen = summary["listen"]
+    assert all(
+        a["path"] != b["path"] or a["end_s"] <= b["start_s"] or b["end_s"] <= a["start_s"]
+        for i, a in enumerate(listen)
+        for b in listen[i + 1 :]
+    )
+    assert set(events["path"]) <= {e["path"] for e in listen}
     assert np.isfinite(pd.read_parquet(tmp_path / "nov" / "novelty.parquet")["neg_elbo"]).all()
     missing = runner.invoke(app, ["novelty", str(root / "latents.parquet"), "--out", str(tmp_path / "x"), "--elbo"])
     assert missing.exit_code == 2 and "--elbo needs --model" in missing.output

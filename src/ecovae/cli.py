@@ -517,7 +517,7 @@ def report(
 
 NOVELTY_FEATURES = ("logmel", "vae")  # the first ranks (ecovae.novelty: why log-mel, measured)
 NOVELTY_TOP = 50
-NOVELTY_LISTEN = 10  # of the top frames, this many get an excerpt to hear in the report
+NOVELTY_LISTEN = 10  # moments of the top list (no two excerpts overlapping) to hear in the report
 
 
 def _novelty(
@@ -536,6 +536,7 @@ def _novelty(
         CLIP_SD,
         EVENTS_FILE,
         NEIGHBOURS,
+        distinct_moments,
         neg_elbo_per_frame,
         novelty_scores,
         read_events,
@@ -560,7 +561,7 @@ def _novelty(
             r["frame_offset_s"],
             {"rank": int(r["rank"])} | {c: float(r[c]) for c in columns},
         )
-        for _, r in scores.nsmallest(min(top, NOVELTY_LISTEN), "rank").iterrows()
+        for _, r in distinct_moments(scores, min(top, NOVELTY_LISTEN)).iterrows()
     ]
     listen = write_excerpts(recordings, spec.frame_seconds, out, wanted)
     events = read_events(recordings / EVENTS_FILE)

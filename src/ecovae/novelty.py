@@ -149,6 +149,24 @@ def neg_elbo_per_frame(
     return out
 
 
+def distinct_moments(scores: pd.DataFrame, n: int, apart: int = 3) -> pd.DataFrame:
+    """The ``n`` best-ranked frames of which no two in one recording are fewer than ``apart`` frames apart: the
+    frames of one sound rank together, and an excerpt with 1.5 s either side (about a frame) already plays its
+    neighbours, so ten excerpts to hear are ten moments, not one siren three times."""
+    chosen, taken = [], {}
+    for i, path, frame in (
+        scores.dropna(subset=["rank"]).sort_values("rank")[["path", "frame_in_recording"]].itertuples()
+    ):
+        near = taken.setdefault(path, [])
+        if any(abs(frame - f) < apart for f in near):
+            continue
+        near.append(frame)
+        chosen.append(i)
+        if len(chosen) == n:
+            break
+    return scores.loc[chosen]
+
+
 def read_events(path: Path | str) -> pd.DataFrame | None:
     """A survey's known events (path, kind, start_s, end_s), or None where it has none."""
     path = Path(path)

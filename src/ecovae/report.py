@@ -151,7 +151,9 @@ def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None)
             if interp
             else "not run",
             "novelty": f"log distance to the {novelty.get('neighbours', 16)}th nearest frame (k-nearest-neighbour density) of "
-            f"each frame's features and their departure from its recording's median; ranked by {novelty.get('ranked_by')}"
+            f"each frame's features and their departure from its recording's median, standardised"
+            + (f" and soft-clipped at {novelty['clip_sd']:g} sd" if novelty.get("clip_sd") else "")
+            + f"; ranked by {novelty.get('ranked_by')}"
             if novelty
             else "not run",
             "hardware correction": f"per-{hw['recorder_column']} log-mel offset removed before encoding, fitted on training folds"
