@@ -380,3 +380,23 @@ def test_evaluate_and_describe_units_from_the_command_line(simulated, tmp_path):
         ],
     )
     assert result.exit_code == 2 and "cannot group units" in result.output
+
+
+def test_the_surest_exemplar_is_typical_of_its_class_not_an_outlier():
+    """One frame of site b lies far out along the line between the sites (a siren once in the survey): the
+    linear classifier is surest of it, but it is no exemplar of site b; the typical frames are."""
+    from ecovae.interpret import exemplar_frames
+
+    rng = np.random.default_rng(0)
+    mu = np.r_[rng.normal(-1, 1, (40, 4)), rng.normal(1, 1, (40, 4))]
+    mu[79] = [12.0, 12.0, 12.0, 12.0]
+    frames = pd.DataFrame(mu, columns=[f"mu_{i}" for i in range(4)])
+    frames["site"] = ["a"] * 40 + ["b"] * 40
+    frames["path"] = [f"{s}/{i}.wav" for s, i in zip(frames["site"], range(80), strict=True)]  # one per recording
+    frames["frame_offset_s"] = 0.0
+    classifier = LogisticRegression().fit(mu, frames["site"])
+    assert classifier.predict_proba(mu)[:, 1].argmax() == 79  # the outlier is what the classifier is surest of
+    wanted = exemplar_frames(frames, classifier, "site", per_class=2)
+    sure_b = [info for _, _, _, info in wanted if info["class"] == "b" and info["why"] == "classifier most sure"]
+    assert len(sure_b) == 2 and "b/79.wav" not in [p for _, p, _, _ in wanted]
+    assert all(0.5 < info["probability"] < classifier.predict_proba(mu[79:])[0, 1] for info in sure_b)

@@ -14,7 +14,7 @@
   difference from the start, the change per mel band, and as sound (mel
   inversion, Griffin-Lim) to listen to.
 * Exemplars to listen to: for each class, the frames closest to its mean
-  latent and those the classifier is most sure of, with 1.5 s either side, as
+  latent and those of its typical frames the classifier is most sure of, with 1.5 s either side, as
   compressed audio (Ogg Vorbis, 24 kHz) beside a spectrogram.
 * PCA and UMAP of the descriptors, coloured by each label.
 """
@@ -358,18 +358,15 @@ def _spread(candidates: pd.DataFrame, order: np.ndarray, n: int) -> list[int]:
     return chosen
 
 
-def exemplars(
-    frames: pd.DataFrame,
-    classifier,
-    target: str,
-    root: Path,
-    spec: SpectrogramConfig,
-    out: Path,
-    per_class: int = 2,
-) -> list[dict]:
+TYPICAL = 0.9  # "most sure" exemplars come from the class's frames this close to its mean (by quantile)
+
+
+def exemplar_frames(frames: pd.DataFrame, classifier, target: str, per_class: int = 2) -> list[tuple]:
     """For each class of ``target``: the ``per_class`` frames nearest the class's mean latent, and the
-    ``per_class`` its frames the (time-averaged latent) ``classifier`` gives the class the highest probability,
-    each written as an excerpt to hear (one per recording). Silent frames are never chosen."""
+    ``per_class`` frames the (time-averaged latent) ``classifier`` gives the class the highest probability
+    among the class's typical ones (the ``TYPICAL`` fraction nearest its mean: a linear classifier is surest of
+    a frame far out along its normal, such as a siren once in a survey, which is no exemplar of a class); one
+    per recording, silent frames never. Returns ``(name, path, frame_offset_s, info)`` for ``write_excerpts``."""
     mu_cols = value_columns(frames, "vae")
     keep = frames[target].notna().to_numpy() & (frames[target].astype(str) != "").to_numpy() & ~silent_frames(frames)
     frames = frames[keep]
@@ -384,9 +381,13 @@ def exemplars(
             continue
         of_class = frames.iloc[own]
         distance = np.linalg.norm(mu[own] - mu[own].mean(0), axis=1)
+        typical = distance <= np.quantile(distance, TYPICAL)
         picks = {
             "nearest the class mean": (_spread(of_class, np.argsort(distance), per_class), distance),
-            "classifier most sure": (_spread(of_class, np.argsort(-proba[own, k]), per_class), None),
+            "classifier most sure": (
+                _spread(of_class, np.argsort(-np.where(typical, proba[own, k], -1.0)), per_class),
+                None,
+            ),
         }
         for why, (chosen, dist) in picks.items():
             for i in chosen:
@@ -398,7 +399,20 @@ def exemplars(
                     "distance": float(dist[i]) if dist is not None else None,
                 }
                 wanted.append((f"exemplars/exemplar_{len(wanted):03d}", row["path"], row["frame_offset_s"], extra))
-    return write_excerpts(root, spec.frame_seconds, out, wanted)
+    return wanted
+
+
+def exemplars(
+    frames: pd.DataFrame,
+    classifier,
+    target: str,
+    root: Path,
+    spec: SpectrogramConfig,
+    out: Path,
+    per_class: int = 2,
+) -> list[dict]:
+    """:func:`exemplar_frames`, each written as an excerpt to hear (Ogg and its spectrogram) under ``out``."""
+    return write_excerpts(root, spec.frame_seconds, out, exemplar_frames(frames, classifier, target, per_class))
 
 
 # --------------------------------------------------------------------------- projections
