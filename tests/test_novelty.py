@@ -175,3 +175,41 @@ def test_many_features_a_little_outrank_one_feature_a_lot(seed):
     assert sorted(clipped[:3]) == [630, 631, 632]
     unclipped = np.argsort(-novelty.knn_novelty(x, clip_sd=None))
     assert set(unclipped[:3]) <= set(range(600, 630)), "the scene no longer shows what the clip is for"
+
+
+def test_negative_elbo_is_kept_per_recording_and_computed_again_only_where_needed(planted, tmp_path, monkeypatch):
+    """The decoder pass costs what encoding did: run again, it reads no audio; a changed file is read again,
+    alone; other weights reuse nothing."""
+    import os
+    import shutil
+
+    import torch
+
+    import ecovae.novelty as novelty
+    from ecovae.run import load_model
+
+    root, frames, _ = planted
+    paths = sorted(frames["path"].unique())[:3]
+    for p in paths:
+        (tmp_path / "rec" / p).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / "survey" / p, tmp_path / "rec" / p)
+    frames = frames[frames["path"].isin(paths)].reset_index(drop=True)
+    model, spec = load_model(root / "run")
+    read, real = [], novelty.recording_clips
+    monkeypatch.setattr(novelty, "recording_clips", lambda rec, spec: read.append(rec.relpath) or real(rec, spec))
+    cache = tmp_path / "nov" / novelty.ELBO_CACHE_FILE
+
+    def elbo():
+        read.clear()
+        return novelty.neg_elbo_per_frame(model, spec, tmp_path / "rec", frames, cache)
+
+    first = elbo()
+    assert sorted(read) == paths and np.isfinite(first).all()
+    assert np.array_equal(elbo(), first) and read == []
+    st = (tmp_path / "rec" / paths[1]).stat()
+    os.utime(tmp_path / "rec" / paths[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert np.array_equal(elbo(), first) and read == [paths[1]]
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    elbo()
+    assert sorted(read) == paths

@@ -19,7 +19,6 @@ the same. Files the encoder skipped are skipped here too (the same reader).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -31,7 +30,7 @@ import pandas as pd
 
 from ecovae.audio import Recording, iter_blocks
 from ecovae.descriptors import Units, group_units
-from ecovae.files import atomic_file
+from ecovae.files import file_stats, read_file_cache, write_file_cache
 from ecovae.latents import RESERVED, feature_columns, is_feature_column
 from ecovae.spectrogram import SpectrogramConfig
 from ecovae.survey import open_survey
@@ -127,34 +126,12 @@ def baseline_windows(
     costs about 0.1 s per second of audio). The indices run in ``workers`` processes
     (default: one per core); BirdNET in this one (its interpreter has its own threads).
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     root = Path(root)
     settings = _settings(kind, spec, indices_seconds)
-    cached = pd.DataFrame()
     cache_file = Path(cache) / f"{kind}.parquet" if cache else None
-    if cache_file is not None and cache_file.is_file():
-        try:
-            meta = pq.read_schema(cache_file).metadata or {}
-            if json.loads(meta.get(b"ecovae_baseline", b"{}")) == settings:
-                cached = pd.read_parquet(cache_file)
-        except (pa.ArrowException, OSError, ValueError) as e:
-            log.warning("baselines: ignored unreadable cache %s (%s)", cache_file, e)
-    stats = {}
-    for rel in paths:
-        try:
-            st = (root / rel).stat()
-            stats[rel] = (st.st_size, st.st_mtime_ns)
-        except OSError:
-            stats[rel] = None  # gone: the survey reader says so
-    fresh = set()
-    if len(cached):
-        ok = [
-            stats.get(p) == (s, m) for p, s, m in zip(cached["path"], cached["_size"], cached["_mtime_ns"], strict=True)
-        ]
-        cached = cached[np.array(ok, bool)]
-        fresh = set(cached["path"])
+    stats = file_stats(root, paths)  # a file gone: the survey reader says so
+    cached = read_file_cache(cache_file, "ecovae_baseline", settings, stats) if cache_file else pd.DataFrame()
+    fresh = set(cached["path"]) if len(cached) else set()
     todo = [p for p in paths if p not in fresh]
     frames, names = [cached], None
     survey = open_survey(root, spec=spec, rels=todo)
@@ -172,13 +149,7 @@ def baseline_windows(
         pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
     )
     if cache_file is not None and todo and len(table):
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        arrow = pa.Table.from_pandas(table, preserve_index=False)
-        arrow = arrow.replace_schema_metadata(
-            {"ecovae_baseline": json.dumps(settings), "ecovae_names": json.dumps(names or [])}
-        )
-        with atomic_file(cache_file) as tmp:
-            pq.write_table(arrow, tmp)
+        write_file_cache(cache_file, table, "ecovae_baseline", settings, {"ecovae_names": names or []})
     if table.empty:
         return table
     table = table[table["path"].isin(set(paths))].drop(columns=["_size", "_mtime_ns"])

@@ -534,6 +534,7 @@ def _novelty(
     from ecovae.interpret import write_excerpts
     from ecovae.novelty import (
         CLIP_SD,
+        ELBO_CACHE_FILE,
         EVENTS_FILE,
         NEIGHBOURS,
         distinct_moments,
@@ -544,7 +545,8 @@ def _novelty(
         write_novelty,
     )
 
-    neg_elbo = neg_elbo_per_frame(elbo[0], elbo[1], recordings, frames) if elbo else None
+    cache = out / ELBO_CACHE_FILE  # the decoder pass is as long as encoding: a resumed run must not redo it
+    neg_elbo = neg_elbo_per_frame(elbo[0], elbo[1], recordings, frames, cache) if elbo else None
     scores = novelty_scores(frames, features, seed=seed, neg_elbo=neg_elbo)
     settings = {
         "features": list(features),

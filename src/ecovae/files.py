@@ -48,3 +48,60 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# --------------------------------------------------------------------------- caches of work done per file
+
+
+def file_stats(root: Path, paths) -> dict[str, tuple[int, int] | None]:
+    """Size and modification time of each file under ``root`` (None where it is gone): what a per-file cache
+    checks before it trusts a row."""
+    stats = {}
+    for rel in paths:
+        try:
+            st = (Path(root) / rel).stat()
+            stats[rel] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stats[rel] = None
+    return stats
+
+
+def read_file_cache(cache_file: Path, key: str, settings: dict, stats: dict):
+    """The rows of a per-file cache (``path``, ``_size``, ``_mtime_ns`` beside the values) made with these
+    ``settings`` (schema metadata ``key``) whose file is unchanged; an empty table where there is none, it was
+    made otherwise or it cannot be read (logged)."""
+    import json
+    import logging
+
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not Path(cache_file).is_file():
+        return pd.DataFrame()
+    try:
+        meta = pq.read_schema(cache_file).metadata or {}
+        if json.loads(meta.get(key.encode(), b"{}")) != json.loads(json.dumps(settings)):  # tuples as lists
+            return pd.DataFrame()
+        cached = pd.read_parquet(cache_file)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        logging.getLogger(__name__).warning("ignored unreadable cache %s (%s)", cache_file, e)
+        return pd.DataFrame()
+    ok = [stats.get(p) == (s, m) for p, s, m in zip(cached["path"], cached["_size"], cached["_mtime_ns"], strict=True)]
+    return cached[np.array(ok, bool)]
+
+
+def write_file_cache(cache_file: Path, table, key: str, settings: dict, meta: dict | None = None) -> None:
+    """Write a per-file cache (atomically), its ``settings`` under the schema metadata ``key``."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    extra = {k: json.dumps(v) for k, v in (meta or {}).items()}
+    arrow = arrow.replace_schema_metadata({key: json.dumps(settings), **extra})
+    with atomic_file(cache_file) as tmp:
+        pq.write_table(arrow, tmp)

@@ -24,10 +24,13 @@ quickstart model's latents (``vae``) and its negative ELBO (a decoder pass, opt 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +40,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ecovae import plots
 from ecovae.audio import BadAudio, open_recording
-from ecovae.files import atomic_file
+from ecovae.files import atomic_file, file_stats, read_file_cache, write_file_cache
 from ecovae.latents import is_feature_column, silent_frames, value_columns
 from ecovae.model import SoundscapeVAE
 from ecovae.spectrogram import SpectrogramConfig
@@ -118,34 +121,78 @@ def novelty_scores(
     return out
 
 
+ELBO_CACHE_FILE, ELBO_CACHE_KEY = "neg_elbo_cache.parquet", "ecovae_neg_elbo"
+ELBO_CACHE_EVERY_S = 120.0  # a long decoder pass saves what it has this often: a crash loses minutes, not hours
+
+
+def _save_elbo(cache: Path, parts: list[pd.DataFrame], settings: dict) -> None:
+    write_file_cache(cache, pd.concat([p for p in parts if len(p)], ignore_index=True), ELBO_CACHE_KEY, settings)
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's weights as they are in memory: which model a cached negative ELBO came from."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 @torch.no_grad()
 def neg_elbo_per_frame(
-    model: SoundscapeVAE, spec: SpectrogramConfig, root: Path | str, frames: pd.DataFrame
+    model: SoundscapeVAE,
+    spec: SpectrogramConfig,
+    root: Path | str,
+    frames: pd.DataFrame,
+    cache: Path | str | None = None,
 ) -> np.ndarray:
     """Each frame's negative ELBO (nats: the Gaussian reconstruction term at z = mu, plus KL), aligned with
-    ``frames`` by path and frame_in_recording; NaN for a recording that cannot be read now (logged)."""
+    ``frames`` by path and frame_in_recording; NaN for a recording that cannot be read now (logged).
+
+    A decoder pass over the whole survey costs about what encoding did, so with ``cache`` (a Parquet file) the
+    values are kept per recording, for this model's weights and these spectrogram settings, and saved every
+    couple of minutes: a run resumed after a crash, or run again, computes only recordings new or changed."""
     root = Path(root)
     model = model.eval()
     out = np.full(len(frames), np.nan)
     sigma = model.log_sigma.exp()
-    for path, rows in frames.groupby("path", sort=False).indices.items():
-        try:
-            clips = recording_clips(open_recording(root / path, root), spec)
-        except BadAudio as e:
-            log.warning("negative ELBO left out: %s", e)
-            continue
-        values = []
-        for clip in clips:
-            x = clip.logmel[None, None]
-            recon, mu, logvar = model(x, sample=False)
-            err = (recon.float() - x)[0, 0].reshape(-1, spec.frame_hops, x.shape[-1])  # (frames, hops, mels)
-            nll = (0.5 * (err / sigma) ** 2 + model.log_sigma + 0.5 * math.log(2 * math.pi)).sum((1, 2))
-            kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()))[0].sum(-1)
-            values.append((nll + kl).numpy())
-        per_frame = np.concatenate(values)
+    groups = frames.groupby("path", sort=False).indices
+    settings = {"weights": _weights_digest(model), "spectrogram": asdict(spec)}
+    stats = file_stats(root, groups)
+    cached = read_file_cache(Path(cache), ELBO_CACHE_KEY, settings, stats) if cache else pd.DataFrame()
+    done = {p: g.sort_values("frame")["neg_elbo"].to_numpy() for p, g in cached.groupby("path")} if len(cached) else {}
+    new, saved = [], time.monotonic()
+    for path, rows in groups.items():
+        per_frame = done.get(path)
+        if per_frame is None:
+            try:
+                clips = recording_clips(open_recording(root / path, root), spec)
+            except BadAudio as e:
+                log.warning("negative ELBO left out: %s", e)
+                continue
+            values = []
+            for clip in clips:
+                x = clip.logmel[None, None]
+                recon, mu, logvar = model(x, sample=False)
+                err = (recon.float() - x)[0, 0].reshape(-1, spec.frame_hops, x.shape[-1])  # (frames, hops, mels)
+                nll = (0.5 * (err / sigma) ** 2 + model.log_sigma + 0.5 * math.log(2 * math.pi)).sum((1, 2))
+                kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()))[0].sum(-1)
+                values.append((nll + kl).numpy())
+            per_frame = np.concatenate(values)
+            size, mtime_ns = stats[path] or (-1, -1)
+            new.append(
+                pd.DataFrame({"path": path, "frame": np.arange(len(per_frame)), "neg_elbo": per_frame}).assign(
+                    _size=size, _mtime_ns=mtime_ns
+                )
+            )
+            if cache and time.monotonic() - saved > ELBO_CACHE_EVERY_S:
+                _save_elbo(Path(cache), [cached, *new], settings)
+                saved = time.monotonic()
         index = frames["frame_in_recording"].to_numpy()[rows]
         ok = index < len(per_frame)
         out[rows[ok]] = per_frame[index[ok]]
+    if cache and new:
+        _save_elbo(Path(cache), [cached, *new], settings)
     return out
 
 
