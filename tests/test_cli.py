@@ -225,3 +225,20 @@ def test_run_on_a_labelled_folder_then_again_resumes_without_duplicates(tmp_path
     frames = pd.read_parquet(tmp_path / "o" / "latents.parquet")
     labels = pd.read_csv(survey / "labels.csv")
     assert len(frames) == 3 * len(labels) and not frames.duplicated(["path", "frame_in_recording"]).any()
+
+
+def test_simulate_plants_rare_sounds_at_the_level_asked(tmp_path):
+    """`ecovae simulate --rare-events 1 --event-db L`: events.csv says where and how loud; 40 dB is louder than 20."""
+    import soundfile as sf
+
+    rms = {}
+    for level in (20, 40):
+        out = tmp_path / f"s{level}"
+        args = ["simulate", str(out), "--sites", "2", "--recorders", "1", "--hours", "3", "--duration", "6"]
+        result = runner.invoke(app, [*args, "--rare-events", "1", "--event-db", str(level)])
+        assert result.exit_code == 0, result.output
+        (e,) = pd.read_csv(out / "events.csv").itertuples()
+        assert e.level_db == level
+        x, rate = sf.read(out / e.path)
+        rms[level] = np.sqrt(np.mean(x[int(e.start_s * rate) : int(e.end_s * rate)] ** 2))
+    assert rms[40] > 3 * rms[20]

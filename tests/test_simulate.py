@@ -84,6 +84,7 @@ def test_same_seed_same_files(survey, tmp_path):
 def test_rare_events_are_planted_where_events_csv_says_and_nowhere_else(survey, tmp_path):
     simulate_survey(tmp_path, n_sites=3, recorders_per_site=2, hours=(0.0, 6.0), duration_s=8.0, seed=3, rare_events=2)
     events = pd.read_csv(tmp_path / "events.csv")
+    assert (events["level_db"] == 30.0).all()
     labels = pd.read_csv(tmp_path / "labels.csv")
     assert len(events) == 2 and set(events["kind"]) == {"siren", "chainsaw"}
     assert set(labels.loc[labels["rare_event"] == 1, "path"]) == set(events["path"])

@@ -82,6 +82,7 @@ def simulate(
     rare_events: int = typer.Option(
         0, help="Recordings given a rare sound (a siren or a chainsaw), listed in events.csv; the rest unchanged."
     ),
+    event_db: float = typer.Option(30.0, help="The rare sounds' level over the ambient where they are, dB."),
 ) -> None:
     """Write a synthetic survey (WAV files with AudioMoth-style names) and its labels.csv."""
     from ecovae.simulate import simulate_survey
@@ -91,7 +92,16 @@ def simulate(
     except ValueError:
         _fail(f"--hours must be numbers separated by commas, not {hours!r}")
     labels = simulate_survey(
-        out, sites, recorders, hour_list, days, duration, seed, habitats=habitats or None, rare_events=rare_events
+        out,
+        sites,
+        recorders,
+        hour_list,
+        days,
+        duration,
+        seed,
+        habitats=habitats or None,
+        rare_events=rare_events,
+        event_db=event_db,
     )
     n = sites * recorders * days * len(hour_list)
     typer.echo(f"wrote {n} recordings of {duration:g} s under {out}/ and their labels in {labels}")

@@ -54,7 +54,9 @@ SCORES_FILE, TOP_FILE, SUMMARY_FILE, HISTOGRAM_FILE = (
     "novelty.json",
     "novelty_histogram.png",
 )
-EVENTS_FILE = "events.csv"  # known events of a survey (the simulator's planted ones): path, kind, start_s, end_s
+EVENTS_FILE = (
+    "events.csv"  # a survey's known events (the simulator's planted ones): path, kind, start_s, end_s[, level_db]
+)
 
 
 NEIGHBOURS = 16  # a sound must fill more frames than this (~25 s) in the survey to count as common

@@ -448,13 +448,13 @@ def _plant_events(
     chosen = rng.choice(len(jobs), size=min(n, len(jobs)), replace=False)
     with (out / "events.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "kind", "start_s", "end_s"])
+        writer.writerow(["path", "kind", "start_s", "end_s", "level_db"])
         for i, idx in enumerate(sorted(chosen)):
             length = min(duration_s, rng.uniform(3.0, 5.0))
             start = round(float(rng.uniform(0, duration_s - length)), 3)
             kind = sorted(RARE_EVENTS)[i % len(RARE_EVENTS)]
             jobs[idx]["event"] = (kind, start, round(start + length, 3), event_db)
-            writer.writerow([rows[idx]["path"], kind, start, round(start + length, 3)])
+            writer.writerow([rows[idx]["path"], kind, start, round(start + length, 3), event_db])
     return {rows[i]["path"] for i in chosen}
 
 
