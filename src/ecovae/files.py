@@ -1,4 +1,4 @@
-"""Writing output files safely: whole or not at all, on the disk, with the user's umask.
+"""Writing output files safely (whole or not at all, on the disk, with the user's umask); caches of work per file.
 
 Every output of ecovae (weights, checkpoints, Parquet parts, JSON) is written
 under a temporary name in the same file system, flushed, and renamed into
