@@ -400,3 +400,13 @@ def test_the_surest_exemplar_is_typical_of_its_class_not_an_outlier():
     sure_b = [info for _, _, _, info in wanted if info["class"] == "b" and info["why"] == "classifier most sure"]
     assert len(sure_b) == 2 and "b/79.wav" not in [p for _, p, _, _ in wanted]
     assert all(0.5 < info["probability"] < classifier.predict_proba(mu[79:])[0, 1] for info in sure_b)
+    # the survey's unusual frames (the novelty ranking's top list) are no one's exemplar
+    # the survey's unusual frames (the novelty ranking's top list) and their neighbours are no one's exemplar
+    frames["frame_in_recording"] = 0
+    chosen = [p for _, p, _, _ in wanted]
+    unusual = pd.DataFrame({"path": chosen, "frame_in_recording": 0})
+    again = [p for _, p, _, _ in exemplar_frames(frames, classifier, "site", per_class=2, unusual=unusual)]
+    assert len(again) == len(chosen) and not set(again) & set(chosen)
+    unusual["frame_in_recording"] = 1  # the next frame of each: an excerpt of frame 0 would play it
+    again = [p for _, p, _, _ in exemplar_frames(frames, classifier, "site", per_class=2, unusual=unusual)]
+    assert not set(again) & set(chosen)

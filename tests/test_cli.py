@@ -99,6 +99,11 @@ def test_quickstart_end_to_end(quickstart):
     assert {e["class"] for e in exemplars} == set(labels["site"])
     assert all(e["path"].startswith(e["class"] + "/") for e in exemplars)
     assert html.count("data:audio/ogg;base64,") >= len(exemplars) + len(walk["audio"])
+    # the survey's oddities (the novelty top list, at most 5% of the frames) are no exemplars
+    top = pd.read_csv(out / "eval" / "novelty" / "novelty_top.csv").nsmallest(int(0.05 * len(df)), "rank")
+    assert len(top) >= 5 and not {(e["path"], round(e["frame_offset_s"], 3)) for e in exemplars} & set(
+        zip(top["path"], top["frame_offset_s"].round(3), strict=True)
+    )
     # the novelty ranking, keyed like the latents, and the diel view of each site
     scores = pd.read_parquet(out / "eval" / "novelty" / "novelty.parquet")
     assert len(scores) == len(df) and set(scores["rank"].dropna().astype(int)) == set(range(1, len(df) + 1))

@@ -469,6 +469,10 @@ def interpret(
     ] = None,
     unit: Unit = None,
     window: Window = None,
+    novelty: Annotated[
+        Path | None,
+        typer.Option(help="Folder of 'ecovae novelty': its top frames are never offered as exemplars of a class."),
+    ] = None,
     seed: int = 0,
 ) -> None:
     """Reconstructions, saliency maps, a walk across the decision boundary (to see and to hear), and latent projections."""
@@ -499,6 +503,7 @@ def interpret(
             pair,
             seed,
             frames,
+            _unusual(novelty) if novelty else None,
         )
     walk = info["boundary_walk"]
     typer.echo(
@@ -523,6 +528,24 @@ def report(
 
     path = write_report(run_dir, eval_dir, out, audio_budget_mb=audio_budget_mb)
     typer.echo(f"report: {path} (methods card also in {path.with_name('methods.json')})")
+
+
+UNUSUAL_FRACTION = 0.05  # exemplars avoid the novelty top list, but never more than this share of a survey
+
+
+def _unusual(novelty_dir: Path):
+    """The novelty ranking's top frames (path, frame_in_recording; at most ``UNUSUAL_FRACTION`` of the ranked
+    frames), or None where it was not run."""
+    import pandas as pd
+
+    from ecovae.novelty import SUMMARY_FILE, TOP_FILE
+
+    top, summary = novelty_dir / TOP_FILE, novelty_dir / SUMMARY_FILE
+    if not (top.is_file() and summary.is_file()):
+        return None
+    ranked = json.loads(summary.read_text())
+    most = max(1, int(UNUSUAL_FRACTION * (ranked["frames"] - ranked["silent_frames"])))
+    return pd.read_csv(top, usecols=["path", "frame_in_recording", "rank"]).nsmallest(most, "rank")
 
 
 NOVELTY_FEATURES = ("logmel", "vae")  # the first ranks (ecovae.novelty: why log-mel, measured)
@@ -736,8 +759,11 @@ def _pipeline(
             _print_evaluation(ev)
             if recorder:
                 _hardware(run_dir, recordings, labels, recorder, target, eval_dir, seed)
-            typer.echo(f"[interpret] {eval_dir}/")
             model, spec = load_model(run_dir)
+            typer.echo(f"[novelty] {eval_dir / 'novelty'}/")  # first: exemplars are never the survey's oddities
+            elbo = (model, spec) if a.novelty_elbo else None
+            _novelty(frames, recordings, eval_dir / "novelty", NOVELTY_FEATURES, NOVELTY_TOP, elbo, spec, seed)
+            typer.echo(f"[interpret] {eval_dir}/")
             run_interpretation(
                 units,
                 model,
@@ -748,10 +774,8 @@ def _pipeline(
                 json.loads((run_dir / "run.json").read_text()),
                 seed=seed,
                 frames=frames,
+                unusual=_unusual(eval_dir / "novelty"),
             )
-            typer.echo(f"[novelty] {eval_dir / 'novelty'}/")
-            elbo = (model, spec) if a.novelty_elbo else None
-            _novelty(frames, recordings, eval_dir / "novelty", NOVELTY_FEATURES, NOVELTY_TOP, elbo, spec, seed)
             if frames["frame_time"].notna().any():
                 from ecovae.diel import diel_views, write_diel
 

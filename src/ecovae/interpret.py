@@ -361,14 +361,25 @@ def _spread(candidates: pd.DataFrame, order: np.ndarray, n: int) -> list[int]:
 TYPICAL = 0.9  # "most sure" exemplars come from the class's frames this close to its mean (by quantile)
 
 
-def exemplar_frames(frames: pd.DataFrame, classifier, target: str, per_class: int = 2) -> list[tuple]:
+def exemplar_frames(
+    frames: pd.DataFrame, classifier, target: str, per_class: int = 2, unusual: pd.DataFrame | None = None
+) -> list[tuple]:
     """For each class of ``target``: the ``per_class`` frames nearest the class's mean latent, and the
     ``per_class`` frames the (time-averaged latent) ``classifier`` gives the class the highest probability
     among the class's typical ones (the ``TYPICAL`` fraction nearest its mean: a linear classifier is surest of
     a frame far out along its normal, such as a siren once in a survey, which is no exemplar of a class); one
-    per recording, silent frames never. Returns ``(name, path, frame_offset_s, info)`` for ``write_excerpts``."""
+    per recording, silent frames never, nor the survey's ``unusual`` frames (``path``, ``frame_in_recording``: the
+    novelty ranking's top list) or their neighbours, which are no one's exemplar. Returns ``(name, path, frame_offset_s, info)`` for
+    ``write_excerpts``."""
     mu_cols = value_columns(frames, "vae")
     keep = frames[target].notna().to_numpy() & (frames[target].astype(str) != "").to_numpy() & ~silent_frames(frames)
+    if unusual is not None and len(unusual):  # nor their neighbours, whose excerpts (1.5 s either side) play them
+        odd = pd.MultiIndex.from_frame(
+            pd.concat(
+                [unusual[["path"]].assign(frame_in_recording=unusual["frame_in_recording"] + d) for d in (-1, 0, 1)]
+            )
+        )
+        keep &= ~pd.MultiIndex.from_frame(frames[["path", "frame_in_recording"]]).isin(odd)
     frames = frames[keep]
     mu = frames[mu_cols].to_numpy(np.float64)
     y = frames[target].astype(str).to_numpy()
@@ -410,9 +421,11 @@ def exemplars(
     spec: SpectrogramConfig,
     out: Path,
     per_class: int = 2,
+    unusual: pd.DataFrame | None = None,
 ) -> list[dict]:
     """:func:`exemplar_frames`, each written as an excerpt to hear (Ogg and its spectrogram) under ``out``."""
-    return write_excerpts(root, spec.frame_seconds, out, exemplar_frames(frames, classifier, target, per_class))
+    wanted = exemplar_frames(frames, classifier, target, per_class, unusual)
+    return write_excerpts(root, spec.frame_seconds, out, wanted)
 
 
 # --------------------------------------------------------------------------- projections
@@ -456,9 +469,10 @@ def interpret(
     classes: tuple[str, str] | None = None,
     seed: int = 0,
     frames: pd.DataFrame | None = None,
+    unusual: pd.DataFrame | None = None,
 ) -> dict:
     """Write every interpretation figure into ``out`` and return (and save) interpretation.json; with the
-    per-frame latents (``frames``), exemplars of each class to listen to."""
+    per-frame latents (``frames``), exemplars of each class to listen to (never among the ``unusual`` frames)."""
     out.mkdir(parents=True, exist_ok=True)
     meta = recs.meta
     if target not in meta.columns:
@@ -531,9 +545,8 @@ def interpret(
     }
 
     if frames is not None and target in frames.columns:
-        info["exemplars"] = exemplars(
-            frames, linear_classifier().fit(z[labelled], y[labelled]), target, root, spec, out
-        )
+        classifier = linear_classifier().fit(z[labelled], y[labelled])
+        info["exemplars"] = exemplars(frames, classifier, target, root, spec, out, unusual=unusual)
 
     label_cols = [
         c
