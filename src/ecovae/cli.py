@@ -482,6 +482,7 @@ def interpret(
     from ecovae.descriptors import group_units
     from ecovae.interpret import interpret as run_interpretation
     from ecovae.latents import read_latents
+    from ecovae.novelty import unusual_frames
     from ecovae.run import load_model
 
     pair = tuple(classes.split(",")) if classes else None
@@ -503,7 +504,7 @@ def interpret(
             pair,
             seed,
             frames,
-            _unusual(novelty) if novelty else None,
+            unusual_frames(novelty) if novelty else None,
         )
     walk = info["boundary_walk"]
     typer.echo(
@@ -528,24 +529,6 @@ def report(
 
     path = write_report(run_dir, eval_dir, out, audio_budget_mb=audio_budget_mb)
     typer.echo(f"report: {path} (methods card also in {path.with_name('methods.json')})")
-
-
-UNUSUAL_FRACTION = 0.05  # exemplars avoid the novelty top list, but never more than this share of a survey
-
-
-def _unusual(novelty_dir: Path):
-    """The novelty ranking's top frames (path, frame_in_recording; at most ``UNUSUAL_FRACTION`` of the ranked
-    frames), or None where it was not run."""
-    import pandas as pd
-
-    from ecovae.novelty import SUMMARY_FILE, TOP_FILE
-
-    top, summary = novelty_dir / TOP_FILE, novelty_dir / SUMMARY_FILE
-    if not (top.is_file() and summary.is_file()):
-        return None
-    ranked = json.loads(summary.read_text())
-    most = max(1, int(UNUSUAL_FRACTION * (ranked["frames"] - ranked["silent_frames"])))
-    return pd.read_csv(top, usecols=["path", "frame_in_recording", "rank"]).nsmallest(most, "rank")
 
 
 NOVELTY_FEATURES = ("logmel", "vae")  # the first ranks (ecovae.novelty: why log-mel, measured)
@@ -728,6 +711,7 @@ def _pipeline(
     from ecovae.evaluate import evaluate_descriptors, write_evaluation
     from ecovae.interpret import interpret as run_interpretation
     from ecovae.latents import read_latents
+    from ecovae.novelty import unusual_frames
     from ecovae.report import write_report
     from ecovae.run import load_model
     from ecovae.train import TrainingStopped, train_preset
@@ -774,7 +758,7 @@ def _pipeline(
                 json.loads((run_dir / "run.json").read_text()),
                 seed=seed,
                 frames=frames,
-                unusual=_unusual(eval_dir / "novelty"),
+                unusual=unusual_frames(eval_dir / "novelty"),
             )
             if frames["frame_time"].notna().any():
                 from ecovae.diel import diel_views, write_diel

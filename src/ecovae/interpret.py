@@ -368,9 +368,9 @@ def exemplar_frames(
     ``per_class`` frames the (time-averaged latent) ``classifier`` gives the class the highest probability
     among the class's typical ones (the ``TYPICAL`` fraction nearest its mean: a linear classifier is surest of
     a frame far out along its normal, such as a siren once in a survey, which is no exemplar of a class); one
-    per recording, silent frames never, nor the survey's ``unusual`` frames (``path``, ``frame_in_recording``: the
-    novelty ranking's top list) or their neighbours, which are no one's exemplar. Returns ``(name, path, frame_offset_s, info)`` for
-    ``write_excerpts``."""
+    per recording, silent frames never, nor the survey's ``unusual`` frames (``path``, ``frame_in_recording``:
+    ``novelty.unusual_frames``) or their neighbours, which are no one's exemplar. Returns
+    ``(name, path, frame_offset_s, info)`` for ``write_excerpts``."""
     mu_cols = value_columns(frames, "vae")
     keep = frames[target].notna().to_numpy() & (frames[target].astype(str) != "").to_numpy() & ~silent_frames(frames)
     if unusual is not None and len(unusual):  # nor their neighbours, whose excerpts (1.5 s either side) play them

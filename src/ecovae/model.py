@@ -255,10 +255,9 @@ class SoundscapeVAE(nn.Module):
         recon, mu, logvar = self(x, sample=sample)
         n_frames = mu.shape[0] * mu.shape[1]
         err = recon.float() - x.float()
-        log_sigma = self.log_sigma
         # Gaussian log-likelihood with decoder sigma, summed over a frame's pixels.
-        nll = (0.5 * (err / log_sigma.exp()) ** 2 + log_sigma + 0.5 * math.log(2 * math.pi)).sum() / n_frames
-        kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum() / n_frames
+        nll = gaussian_nll(err, self.log_sigma).sum() / n_frames
+        kl = kl_to_prior(mu, logvar).sum() / n_frames
         return {
             "loss": nll + beta * kl,
             "neg_elbo": nll + kl,
@@ -267,6 +266,23 @@ class SoundscapeVAE(nn.Module):
             "mse": err.pow(2).mean(),
             "mae": err.abs().mean(),
         }
+
+    def frame_neg_elbo(self, x: torch.Tensor) -> torch.Tensor:
+        """Each frame's negative ELBO (nats; reconstruction at z = mu, plus KL): (B, frames)."""
+        recon, mu, logvar = self(x, sample=False)
+        b, frames = mu.shape[:2]
+        nll = gaussian_nll(recon.float() - x.float(), self.log_sigma).reshape(b, frames, -1).sum(-1)
+        return nll + kl_to_prior(mu, logvar).sum(-1)
+
+
+def gaussian_nll(err: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """Elementwise negative log-likelihood of a reconstruction error under N(0, sigma^2)."""
+    return 0.5 * (err / log_sigma.exp()) ** 2 + log_sigma + 0.5 * math.log(2 * math.pi)
+
+
+def kl_to_prior(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL divergence of N(mu, exp(logvar)) from the N(0, 1) prior."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
 
 
 def parameter_count(module: nn.Module) -> int:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -54,14 +53,14 @@ SCORES_FILE, TOP_FILE, SUMMARY_FILE, HISTOGRAM_FILE = (
     "novelty.json",
     "novelty_histogram.png",
 )
-EVENTS_FILE = (
-    "events.csv"  # a survey's known events (the simulator's planted ones): path, kind, start_s, end_s[, level_db]
-)
+# a survey's known events (the simulator's planted ones): path, kind, start_s, end_s[, level_db]
+EVENTS_FILE = "events.csv"
 
 
 NEIGHBOURS = 16  # a sound must fill more frames than this (~25 s) in the survey to count as common
 REFERENCE_FRAMES = 50_000  # neighbours searched among at most this many frames (a seeded sample): memory and time
 CLIP_SD = 3.0  # standardised features soft-clipped here: no one feature's extreme swing outweighs many features
+UNUSUAL_FRACTION = 0.05  # the frames no class's exemplar may be: the top list, at most this share of a survey
 
 
 def _with_context(x: np.ndarray, recordings: np.ndarray) -> np.ndarray:
@@ -157,7 +156,6 @@ def neg_elbo_per_frame(
     root = Path(root)
     model = model.eval()
     out = np.full(len(frames), np.nan)
-    sigma = model.log_sigma.exp()
     groups = frames.groupby("path", sort=False).indices
     settings = {"weights": _weights_digest(model), "spectrogram": asdict(spec)}
     stats = file_stats(root, groups)
@@ -172,15 +170,7 @@ def neg_elbo_per_frame(
             except BadAudio as e:
                 log.warning("negative ELBO left out: %s", e)
                 continue
-            values = []
-            for clip in clips:
-                x = clip.logmel[None, None]
-                recon, mu, logvar = model(x, sample=False)
-                err = (recon.float() - x)[0, 0].reshape(-1, spec.frame_hops, x.shape[-1])  # (frames, hops, mels)
-                nll = (0.5 * (err / sigma) ** 2 + model.log_sigma + 0.5 * math.log(2 * math.pi)).sum((1, 2))
-                kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()))[0].sum(-1)
-                values.append((nll + kl).numpy())
-            per_frame = np.concatenate(values)
+            per_frame = np.concatenate([model.frame_neg_elbo(c.logmel[None, None])[0].numpy() for c in clips])
             size, mtime_ns = stats[path] or (-1, -1)
             new.append(
                 pd.DataFrame({"path": path, "frame": np.arange(len(per_frame)), "neg_elbo": per_frame}).assign(
@@ -214,6 +204,17 @@ def distinct_moments(scores: pd.DataFrame, n: int, apart: int = 3) -> pd.DataFra
         if len(chosen) == n:
             break
     return scores.loc[chosen]
+
+
+def unusual_frames(out: Path | str) -> pd.DataFrame | None:
+    """The survey's most unusual frames (path, frame_in_recording, rank), as ``write_novelty`` left them in
+    ``out``: its top list, at most ``UNUSUAL_FRACTION`` of the ranked frames; None where it was not run."""
+    top, summary = Path(out) / TOP_FILE, Path(out) / SUMMARY_FILE
+    if not (top.is_file() and summary.is_file()):
+        return None
+    ranked = json.loads(summary.read_text())
+    most = max(1, int(UNUSUAL_FRACTION * (ranked["frames"] - ranked["silent_frames"])))
+    return pd.read_csv(top, usecols=["path", "frame_in_recording", "rank"]).nsmallest(most, "rank")
 
 
 def read_events(path: Path | str) -> pd.DataFrame | None:

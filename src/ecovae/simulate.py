@@ -467,10 +467,9 @@ def _write_recording(job: dict) -> dict[str, bool]:
         kind, start_s, end_s, event_db = job["event"]
         start, end = int(start_s * SR), int(end_s * SR)
         sound = RARE_EVENTS[kind](np.random.default_rng(job["seed"].spawn(1)[0]), end - start)
-        ambient = np.sqrt(np.mean(audio[start:end] ** 2)) + 1e-6  # EVENT_DB over what the recorder hears there,
-        level = (
-            10 ** (event_db / 20) * ambient
-        )  # near the recorder: it clips at full scale, as a real one would (fixed gain)
+        # event_db over what the recorder hears there, near it: it clips at full scale, as a real one would
+        ambient = np.sqrt(np.mean(audio[start:end] ** 2)) + 1e-6
+        level = 10 ** (event_db / 20) * ambient
         audio[start:end] += level * sound / (np.sqrt(np.mean(sound**2)) + 1e-12)
         np.clip(audio, -0.99, 0.99, out=audio)
     sf.write(job["path"], audio, SR, subtype="PCM_16")
