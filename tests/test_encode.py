@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
@@ -39,7 +40,14 @@ def test_one_row_per_frame_of_every_real_file(shared_data, manifest, untrained_r
     assert summary.skipped == {} and summary.encoded == len(manifest)
 
     table = pq.read_table(out)
-    assert table.schema == latents_schema([c for c in manifest.columns if c != "path"], 16)
+    labels = [c for c in manifest.columns if c != "path"]
+    assert table.schema.names[: 1 + len(labels)] == ["path", *labels]
+    # labels keep their types: numbers are numbers, times with an offset are instants (UTC), the rest text
+    types = {f.name: f.type for f in table.schema}
+    assert types["duration_s"] == pa.float64() and types["sample_rate"] == pa.int64()
+    assert types["recorded_at"] == pa.timestamp("ms", tz="UTC")
+    assert types["site_or_habitat"] == types["license"] == pa.string()
+    assert table.schema.equals(latents_schema(labels, 16, types={c: types[c] for c in labels}), check_metadata=False)
     df = pd.read_parquet(out)  # what a user does
     counts = df.groupby("path").size()
     expected = manifest.set_index("path")["duration_s"].map(frames_for)
@@ -53,6 +61,8 @@ def test_one_row_per_frame_of_every_real_file(shared_data, manifest, untrained_r
     assert (jura["start_time"] == pd.Timestamp("2019-05-22 06:15:00")).all()
     assert jura["frame_time"].iloc[1] == pd.Timestamp("2019-05-22 06:15:01.536")
     assert (jura["site_or_habitat"] == "FR-Jura").all() and (jura["source_sample_rate"] == 22_000).all()
+    assert (jura["recorded_at"] == pd.Timestamp("2019-05-22T06:15:00+02:00")).all()  # the same instant, in UTC
+    assert (df[df.duration_s > 59].groupby("path").size() > 0).all() and df.sample_rate.dtype == np.int64
     mu = df.filter(like="mu_").to_numpy()
     assert mu.shape[1] == 16 and np.isfinite(mu).all() and mu.std(0).min() > 0
 

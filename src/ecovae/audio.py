@@ -186,6 +186,7 @@ def read_labels_csv(path: Path | str) -> tuple[list[str], dict[str, dict[str, st
             if not reader.fieldnames or "path" not in reader.fieldnames:
                 raise ValueError(f"{path}: a labels CSV needs a 'path' column; found {reader.fieldnames}")
             columns = [c for c in reader.fieldnames if c != "path"]
+            _check_label_names(path, reader.fieldnames)
             rows: dict[str, dict[str, str]] = {}
             duplicates: list[str] = []
             for r in reader:
@@ -208,6 +209,17 @@ def read_labels_csv(path: Path | str) -> tuple[list[str], dict[str, dict[str, st
             ", ".join(sorted(set(duplicates))[:3]),
         )
     return columns, rows
+
+
+def _check_label_names(path: Path, names: list[str]) -> None:
+    """A repeated or empty column name would give the output two fields of one name (or none): refuse it now."""
+    from collections import Counter
+
+    repeated = sorted(n for n, k in Counter(names).items() if k > 1)
+    if repeated:
+        raise ValueError(f"{path}: the column {repeated[0]!r} appears more than once; each label needs its own name")
+    if any(not n.strip() for n in names):
+        raise ValueError(f"{path}: a column has no name (column {[n.strip() for n in names].index('') + 1}); name it")
 
 
 def label_columns(labels_csv: Path | str | None) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -23,11 +24,34 @@ app = typer.Typer(
 )
 
 Preset = Annotated[
-    str,
+    str | None,
     typer.Option(
-        help="Model size: 'full' (MODEL.md's default), 'small' (a CPU and an hour) or 'tiny' (tests, CPU demos)."
+        help="Model size: 'full' (MODEL.md's table, for a GPU), 'small' or 'tiny' (a CPU); default: the largest "
+        "that fits the budget here, measured before training starts."
     ),
 ]
+Budget = Annotated[
+    float,
+    typer.Option(help="Minutes of training to plan for: sets the preset and the steps unless they are given."),
+]
+Verbose = Annotated[bool, typer.Option("--verbose", help="Debug messages too.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from ecovae import __version__
+
+        typer.echo(f"ecovae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Learned soundscape representations with a convolutional VAE."""
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -54,6 +78,8 @@ def _user_errors() -> Iterator[None]:
     """What a user can act on becomes one line naming the file and what to do; no traceback."""
     try:
         yield
+    except typer.Exit:  # a message already given (click's Exit is a RuntimeError)
+        raise
     except OSError as e:
         if e.errno in _DISK_ERRORS:
             where = f" {e.filename}" if e.filename else ""
@@ -91,18 +117,19 @@ def simulate(
         hour_list = tuple(float(h) for h in hours.split(",") if h.strip())
     except ValueError:
         _fail(f"--hours must be numbers separated by commas, not {hours!r}")
-    labels = simulate_survey(
-        out,
-        sites,
-        recorders,
-        hour_list,
-        days,
-        duration,
-        seed,
-        habitats=habitats or None,
-        rare_events=rare_events,
-        event_db=event_db,
-    )
+    with _user_errors():
+        labels = simulate_survey(
+            out,
+            sites,
+            recorders,
+            hour_list,
+            days,
+            duration,
+            seed,
+            habitats=habitats or None,
+            rare_events=rare_events,
+            event_db=event_db,
+        )
     n = sites * recorders * days * len(hour_list)
     typer.echo(f"wrote {n} recordings of {duration:g} s under {out}/ and their labels in {labels}")
 
@@ -112,7 +139,8 @@ def train(
     recordings: Annotated[Path, typer.Argument(help="Folder of recordings (searched recursively).")],
     out: Annotated[Path, typer.Option("--out", help="Run folder to create (or resume).")],
     labels: Annotated[Path | None, typer.Option(help="CSV with a 'path' column and label columns.")] = None,
-    preset: Preset = "full",
+    preset: Preset = None,
+    budget_minutes: Budget = 20.0,
     max_steps: Annotated[int | None, typer.Option(help="Optimisation steps in total.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Training windows per step.")] = None,
     window_frames: Annotated[int | None, typer.Option(help="Frames (1.536 s each) per training window.")] = None,
@@ -147,7 +175,7 @@ def train(
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train a VAE on a folder of recordings; writes weights, config, metrics and a manifest to --out."""
     _setup_logging(verbose)
@@ -174,14 +202,57 @@ def train(
 
     try:
         with _user_errors():
+            if resume:
+                preset = _resumed_preset(out, preset, given)
+            else:
+                preset, given["max_steps"] = _plan(preset, max_steps, budget_minutes, accelerator)
             tcfg = train_preset(preset, **given)
             manifest = run_training(
                 recordings, out, tcfg, labels_csv=labels, resume=resume, progress=not quiet, cache=cache
             )
     except TrainingStopped as e:
-        _fail(str(e), code=143)  # 128 + SIGTERM: a scheduler sees the job did not finish
+        # 128 + SIGTERM: a scheduler sees the job did not finish
+        _fail(f"{e}. Continue with the same command and --resume", code=143)
     if manifest is not None:  # None: a later process of a distributed run; the first one reports
         _print_training(out, manifest)
+
+
+def _plan(preset: str | None, max_steps: int | None, budget_minutes: float, accelerator: str | None) -> tuple:
+    """(preset, steps) for a new run, said before it starts: what, how many steps and how long here."""
+    from ecovae.train import plan_training
+
+    plan = plan_training(budget_minutes, preset_name=preset, max_steps=max_steps, accelerator=accelerator or "auto")
+    over = plan.minutes > budget_minutes * 1.1
+    typer.echo(
+        f"[plan] {plan.describe()}"
+        + (f"; over the {budget_minutes:g}-minute budget" if over else f"; budget {budget_minutes:g} min")
+        + ("" if preset else " (the preset that fits it here; --preset and --max-steps choose)")
+    )
+    return plan.preset, plan.max_steps
+
+
+def _resumed_preset(out: Path, preset: str | None, given: dict) -> str:
+    """A resumed run keeps its settings: an option given that would change one of them is refused, not ignored."""
+    from ecovae.train import RESUMABLE
+
+    config = out / "config.json"
+    if not config.is_file():
+        _fail(f"{out} holds no run to resume (no config.json); leave out --resume to start one")
+    saved = json.loads(config.read_text())["train"]
+    changed = [
+        f"--{k.replace('_', '-')} {v} (the run has {saved.get(k)})"
+        for k, v in {**given, "preset": preset}.items()
+        if v is not None and k not in RESUMABLE and k in saved and saved[k] != v
+    ]
+    if changed:
+        _fail(
+            f"a resumed run keeps its settings, but {', '.join(changed)} was given; only "
+            f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE if k != 'log_every')} may change. "
+            "Start a new --out to change it"
+        )
+    if given.get("max_steps") is None:  # to the steps it was planned for, unless told otherwise
+        given["max_steps"] = saved.get("max_steps")
+    return saved.get("preset", "full")
 
 
 def _print_training(out: Path, manifest: dict) -> None:
@@ -239,7 +310,7 @@ def encode(
     ] = None,
     precision: PrecisionOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Per-frame posterior (mu, log var) of every recording, with labels and times, to Parquet."""
     _setup_logging(verbose)
@@ -248,12 +319,18 @@ def encode(
     with _user_errors():
         offsets = None
         if correct_hardware:
-            from ecovae.recorder_offsets import fit_survey_offsets
-            from ecovae.run import load_model
+            from ecovae.encode import recorded_correction
 
-            fitted = fit_survey_offsets(recordings, labels, correct_hardware, load_model(model)[1])
-            offsets = fitted.offsets_
-            typer.echo(f"hardware correction by {correct_hardware}: offsets for {sorted(offsets)}")
+            column, offsets = recorded_correction(out)
+            if column == correct_hardware and offsets:
+                typer.echo(f"hardware correction by {correct_hardware}: the output's own offsets for {sorted(offsets)}")
+            else:
+                from ecovae.recorder_offsets import fit_survey_offsets
+                from ecovae.run import load_model
+
+                fitted = fit_survey_offsets(recordings, labels, correct_hardware, load_model(model)[1])
+                offsets = fitted.offsets_
+                typer.echo(f"hardware correction by {correct_hardware}: offsets for {sorted(offsets)}")
         summary = run_encoding(
             recordings,
             model,
@@ -271,6 +348,8 @@ def encode(
             precision=precision,
         )
     typer.echo("\n".join(summary.lines()))
+    if summary.frames_in_output == 0:
+        _fail(f"no file could be encoded ({len(summary.skipped)} skipped, reasons above): the output holds no frames")
 
 
 BASELINE_DEFAULT = "indices,logmel,birdnet"  # BirdNET only where its extra is installed
@@ -430,6 +509,13 @@ def _print_evaluation(ev) -> None:
             f"  {r.features:>8} {r.descriptor:>8} {r.classifier:>6}: balanced accuracy {r.balanced_accuracy:.3f}"
             f" (fold sd {r.balanced_accuracy_fold_sd:.3f})  macro-F1 {r.macro_f1:.3f}  ROC-AUC {r.roc_auc:.3f}"
         )
+    if ev.unlabelled:
+        more = f", ... ({len(ev.unlabelled) - 5} more)" if len(ev.unlabelled) > 5 else ""
+        typer.echo(
+            f"  left out {len(ev.unlabelled)} units with no {ev.target!r} label: {', '.join(ev.unlabelled[:5])}{more}"
+        )
+    if ev.dropped:
+        typer.echo(f"  left out classes with fewer than 2 {ev.group} groups: {', '.join(map(str, ev.dropped))}")
     v = verdict(ev.summary)
     b = v["best"]
     typer.echo(f"best: {b['features']} {b['descriptor']} / {b['classifier']} {b['balanced_accuracy']:.3f}")
@@ -437,15 +523,25 @@ def _print_evaluation(ev) -> None:
         typer.echo(f"  VAE best vs {k} best: {a['difference']:+.3f}")
 
 
-def _hardware(run_dir: Path, root: Path, labels: Path | None, recorder: str, target: str, out: Path, seed: int) -> None:
+def _hardware(
+    run_dir: Path,
+    root: Path,
+    labels: Path | None,
+    recorder: str,
+    target: str,
+    out: Path,
+    seed: int,
+    quiet: bool = False,
+) -> None:
     import json
 
     from ecovae.hardware import hardware_check
     from ecovae.run import load_model
 
+    typer.echo(f"[hardware] can {recorder} be told from the latents, with and without its correction? (per recording)")
     model, spec = load_model(run_dir)
     try:
-        result = hardware_check(model, spec, root, labels, recorder, target, seed=seed)
+        result = hardware_check(model, spec, root, labels, recorder, target, seed=seed, progress=not quiet)
     except ValueError as e:
         _fail(str(e))
     (out / "hardware.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -527,7 +623,8 @@ def report(
     """One self-contained HTML report (and methods.json beside it)."""
     from ecovae.report import write_report
 
-    path = write_report(run_dir, eval_dir, out, audio_budget_mb=audio_budget_mb)
+    with _user_errors():
+        path = write_report(run_dir, eval_dir, out, audio_budget_mb=audio_budget_mb)
     typer.echo(f"report: {path} (methods card also in {path.with_name('methods.json')})")
 
 
@@ -665,19 +762,28 @@ def run(
     window: Window = None,
     group: Annotated[str | None, typer.Option(help="Label column for grouped folds (default: the unit).")] = None,
     recorder: Annotated[str | None, typer.Option(help="Recorder label column for the hardware check.")] = None,
-    preset: Preset = "full",
+    preset: Preset = None,
+    budget_minutes: Budget = 20.0,
     max_steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
     seed: int = 0,
     precision: PrecisionOption = "auto",
+    device: Annotated[
+        str, typer.Option(help="Where to train and encode: auto (a GPU if there is one), cpu, cuda.")
+    ] = "auto",
+    baselines: Annotated[
+        str, typer.Option(help="Baseline feature sets beside the VAE (indices, logmel, birdnet); '' for none.")
+    ] = BASELINE_DEFAULT,
     elbo: Annotated[
         bool, typer.Option("--elbo", help="Also rank unusual frames by negative ELBO (a decoder pass over the survey).")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    verbose: Verbose = False,
 ) -> None:
-    """Train, encode, evaluate, interpret and report, in one go (resumes where it stopped)."""
-    _setup_logging(False)
-    analysis = Analysis(unit, window, group, precision=precision, novelty_elbo=elbo)
-    _pipeline(recordings, out, labels, target, analysis, recorder, preset, max_steps, seed, quiet)
+    """Train, encode, evaluate, interpret and report, in one go (run it again to resume where it stopped)."""
+    _setup_logging(verbose)
+    analysis = Analysis(unit, window, group, precision=precision, novelty_elbo=elbo, baselines=baselines)
+    training = Training(preset, max_steps, budget_minutes, seed, device)
+    _pipeline(recordings, out, labels, target, analysis, recorder, training, quiet)
 
 
 @dataclass
@@ -690,6 +796,28 @@ class Analysis:
     indices_seconds: float | None = None
     precision: str = "auto"  # the encoder's (ecovae.precision)
     novelty_elbo: bool = False  # also rank frames by negative ELBO (a decoder pass over the survey)
+    baselines: str = "indices,logmel,birdnet"
+
+
+@dataclass
+class Training:
+    """What the pipeline trains: a preset and steps, or None for what fits ``budget_minutes`` here."""
+
+    preset: str | None = None
+    max_steps: int | None = None
+    budget_minutes: float = 20.0
+    seed: int = 0
+    device: str = "auto"
+
+    @property
+    def accelerator(self) -> str:
+        return {"auto": "auto", "cpu": "cpu"}.get(self.device, "gpu")
+
+    @property
+    def encode_device(self) -> str:
+        import torch
+
+        return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
 
 
 def _pipeline(
@@ -699,9 +827,7 @@ def _pipeline(
     target: str,
     analysis: Analysis,
     recorder: str | None,
-    preset: str,
-    max_steps: int | None,
-    seed: int,
+    training: Training,
     quiet: bool,
 ) -> Path:
     import json
@@ -720,19 +846,34 @@ def _pipeline(
     run_dir, latents, eval_dir = out / "run", out / "latents.parquet", out / "eval"
     resume = any((run_dir / "checkpoints").glob("*.ckpt"))
     typer.echo(f"[train] {run_dir}/" + (" (resuming)" if resume else ""))
-    a = analysis
+    a, seed = analysis, training.seed
     try:
         with _user_errors():
-            tcfg = train_preset(preset, max_steps=max_steps, seed=seed)
+            given = {"max_steps": training.max_steps, "seed": seed, "accelerator": training.accelerator}
+            if resume:
+                preset = _resumed_preset(run_dir, training.preset, given)
+            else:
+                preset, given["max_steps"] = _plan(
+                    training.preset, training.max_steps, training.budget_minutes, training.accelerator
+                )
+            tcfg = train_preset(preset, **given)
             manifest = run_training(recordings, run_dir, tcfg, labels_csv=labels, resume=resume, progress=not quiet)
             _print_training(run_dir, manifest)
             typer.echo(f"[encode] {latents}")
-            summary = run_encoding(recordings, run_dir, latents, labels, progress=not quiet, precision=a.precision)
+            summary = run_encoding(
+                recordings,
+                run_dir,
+                latents,
+                labels,
+                device=training.encode_device,
+                progress=not quiet,
+                precision=a.precision,
+            )
             typer.echo("\n".join(summary.lines()))
             frames = read_latents(latents)
             typer.echo(f"[evaluate] {eval_dir}/")
             features = _baselines(
-                frames, BASELINE_DEFAULT, recordings, out / "baselines", a.unit, a.window, a.indices_seconds, not quiet
+                frames, a.baselines, recordings, out / "baselines", a.unit, a.window, a.indices_seconds, not quiet
             )
             units = group_units(frames, a.unit, a.window)
             ev = evaluate_descriptors(
@@ -742,7 +883,7 @@ def _pipeline(
             write_evaluation(ev, eval_dir, latents, notes)
             _print_evaluation(ev)
             if recorder:
-                _hardware(run_dir, recordings, labels, recorder, target, eval_dir, seed)
+                _hardware(run_dir, recordings, labels, recorder, target, eval_dir, seed, quiet)
             model, spec = load_model(run_dir)
             typer.echo(f"[novelty] {eval_dir / 'novelty'}/")  # first: exemplars are never the survey's oddities
             elbo = (model, spec) if a.novelty_elbo else None
@@ -764,9 +905,10 @@ def _pipeline(
                 from ecovae.diel import diel_views, write_diel
 
                 typer.echo(f"[diel] {eval_dir / 'diel'}/")
-                write_diel(*diel_views(frames, by=target, seed=seed), eval_dir / "diel")
+                by = "site" if "site" in frames.columns else None  # when, where: never split by what is predicted
+                write_diel(*diel_views(frames, by=by, seed=seed), eval_dir / "diel")
     except TrainingStopped as e:
-        _fail(f"{e} (ecovae run resumes by itself)", code=143)
+        _fail(f"{e}. Run the same command again to continue (ecovae run resumes by itself)", code=143)
     path = write_report(run_dir, eval_dir, out / "report.html")
     typer.echo(f"[report] {path}")
     return path
@@ -844,10 +986,12 @@ def quickstart(
     analysis = Analysis(
         unit="site,recorder", window="1D", indices_seconds=QUICKSTART_INDICES_SECONDS, novelty_elbo=True
     )
-    report_path = _pipeline(survey, out, None, "site", analysis, "recorder_model", "tiny", steps, seed, quiet)
+    training = Training(preset="tiny", max_steps=steps, seed=seed)
+    report_path = _pipeline(survey, out, None, "site", analysis, "recorder_model", training, quiet)
+    python = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else sys.executable
     typer.echo(
-        f"\ndone in {time.time() - t0:.0f} s. Open {report_path} in a browser; the latents:\n"
-        f"  python -c \"import pandas as pd; print(pd.read_parquet('{out / 'latents.parquet'}'))\""
+        f"\ndone in {time.time() - t0:.0f} s. Open {report_path} in a browser; the latents (with this ecovae's Python):\n"
+        f"  {python} -c \"import pandas as pd; print(pd.read_parquet('{out / 'latents.parquet'}'))\""
     )
 
 

@@ -65,6 +65,12 @@ def _values(frames: pd.DataFrame, features: str) -> tuple[np.ndarray, int]:
         prefix, lv_prefix = FEATURE_SETS[features]
         cols = [c for c in frames.columns if c.startswith(prefix) and is_feature_column(c)]
         lv_cols = [c for c in frames.columns if lv_prefix and c.startswith(lv_prefix) and is_feature_column(c)]
+        if lv_prefix and cols and not lv_cols:
+            # moments and the mixture would quietly become point descriptors: a different method
+            raise ValueError(
+                f"the table has {prefix}* columns but no {lv_prefix}* (log-variance) columns: the posterior's spread "
+                "is what the moments and mixture descriptors use; select them too when subsetting the latents"
+            )
     if not cols:
         hint = " (re-encode with this version of ecovae to get them)" if features == "logmel" else ""
         raise ValueError(f"the table has no {features} feature columns{hint}")

@@ -19,6 +19,7 @@ import pandas as pd
 from sklearn.decomposition import PCA
 
 from ecovae import plots
+from ecovae.files import safe_name
 from ecovae.latents import is_feature_column, silent_frames, value_columns
 
 
@@ -89,8 +90,16 @@ def diel_views(
     return views, settings
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+def shared_ylim(profiles: list[dict]) -> tuple[float, float] | None:
+    """One y-range covering every group's interquartile bands (a margin of 5%), or None if there is nothing."""
+    values = [np.asarray(p[key], float).ravel() for p in profiles for key in ("q25", "q75")]
+    values = np.concatenate(values) if values else np.array([])
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    lo, hi = float(values.min()), float(values.max())
+    pad = 0.05 * (hi - lo or 1.0)
+    return lo - pad, hi + pad
 
 
 def write_diel(views: list[DielView], settings: dict, out: Path | str) -> dict:
@@ -98,10 +107,11 @@ def write_diel(views: list[DielView], settings: dict, out: Path | str) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images = []
+    ylim = shared_ylim([v.profile for v in views])
     for v in views:
-        name = f"diel_{_safe(v.group)}.png"
+        name = f"diel_{safe_name(v.group)}.png"
         title = f"{settings['by'] or 'survey'} {v.group}: {len(v.days)} days, {v.frames} frames"
-        plots.diel(v.image, v.days, v.profile, title, out / name)
+        plots.diel(v.image, v.days, v.profile, title, out / name, ylim=ylim)
         images.append({"group": v.group, "image": name, "days": v.days, "frames": v.frames, "profile": v.profile})
     summary = {**settings, "views": images}
     (out / "diel.json").write_text(json.dumps(summary, indent=2) + "\n")

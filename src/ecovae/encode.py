@@ -37,19 +37,26 @@ from ecovae.files import atomic_file
 from ecovae.latents import (
     Layout,
     OutputIndex,
+    check_tmp_folder,
     drop_files,
     finish_output,
     is_dataset,
     label_column_names,
+    label_types,
+    labels_digest,
+    labels_schema,
+    labels_schema_path,
     latent_columns,
     latents_schema,
     load_index,
     output_identity,
     output_lock,
+    relabel_files,
     summary_path,
+    typed_label,
     write_part,
 )
-from ecovae.precision import Encoder, choose
+from ecovae.precision import Encoder, choose, confirm_on_survey
 from ecovae.run import load_model, weights_digest
 from ecovae.spectrogram import SpectrogramConfig, expected_frames, iter_clips, remainder_seconds
 from ecovae.survey import Survey, open_survey
@@ -72,6 +79,7 @@ class EncodeSummary:
     encoded: int = 0  # files encoded in this run
     already_done: int = 0  # files found encoded by an earlier run, unchanged since
     changed: list[str] = field(default_factory=list)  # size or mtime changed since encoded: re-encoded
+    relabelled: list[str] = field(default_factory=list)  # labels changed since encoded: rows given the new ones
     frames: int = 0  # rows written in this run
     files_in_output: int = 0
     frames_in_output: int = 0
@@ -95,7 +103,8 @@ class EncodeSummary:
         out = [
             f"files found: {self.files_found}",
             f"encoded now: {self.encoded} ({self.frames} frames); already done: {self.already_done}"
-            + (f"; re-encoded because they changed: {len(self.changed)}" if self.changed else ""),
+            + (f"; re-encoded because they changed: {len(self.changed)}" if self.changed else "")
+            + (f"; given their new labels: {len(self.relabelled)}" if self.relabelled else ""),
             f"output: {self.files_in_output} files, {self.frames_in_output} frames"
             + (f" ({self.no_longer_found} no longer found on disk, rows kept)" if self.no_longer_found else ""),
             f"flagged: {self.flagged} (silent frames: {len(self.silent_files)}, truncated: {len(self.truncated_files)})",
@@ -104,6 +113,7 @@ class EncodeSummary:
         ]
         out += [f"  {p}: {r}" for p, r in sorted(self.skipped.items())]
         out += [f"  changed {p}" for p in self.changed]
+        out += [f"  relabelled {p}" for p in self.relabelled]
         out += [f"  truncated {p}: {r}" for p, r in sorted(self.truncated_files.items())]
         out.append(f"latents: {self.out}")
         return out
@@ -231,12 +241,14 @@ class FileResult:
     tail_seconds: float = 0.0
     size: int = 0
     mtime_ns: int = 0
+    labels: str | None = None  # digest of the label values it was written with
 
     def entry(self) -> dict:
-        """This file's line in the done-index: what it was when encoded, and its flags."""
+        """This file's line in the done-index: what it was when encoded, its labels and its flags."""
         return {
             "size": self.size,
             "mtime_ns": self.mtime_ns,
+            "labels": self.labels,
             "frames": self.frames,
             "silent": self.silent,
             "truncated": self.truncated,
@@ -307,6 +319,7 @@ def _file_result(
         bool(meta["silent"].any()),
         truncated,
         remainder_seconds(rec, spec),
+        labels=labels_digest(rec.labels),
     )
 
 
@@ -330,7 +343,12 @@ def recording_table(
         start = frame_time = pa.nulls(n, pa.timestamp("ms"))
     columns = {
         "path": pa.array([rec.relpath] * n, pa.string()),
-        **{names[c]: pa.array([rec.labels.get(c) or None] * n, pa.string()) for c in label_columns},
+        **{
+            names[c]: pa.array(
+                [typed_label(rec.labels.get(c), schema.field(names[c]).type)] * n, schema.field(names[c]).type
+            )
+            for c in label_columns
+        },
         "start_time": start,
         "frame_time": frame_time,
         "source_sample_rate": pa.array(np.full(n, rec.sample_rate, np.int32)),
@@ -414,7 +432,8 @@ def encode(
     model, spec = load_model(run_dir)
     survey = open_survey(root, labels_csv, spec)
     label_cols = survey.label_columns
-    schema = latents_schema(label_cols, model.cfg.latent_dim, spec.n_mels)
+    types = label_types(survey.labels, label_cols)
+    schema = latents_schema(label_cols, model.cfg.latent_dim, spec.n_mels, types)
     layout = Layout(out)
     if out.is_file() and is_dataset(out):
         raise RuntimeError(f"{out} is a file; a dataset output is a folder (or name a .parquet file)")
@@ -423,6 +442,8 @@ def encode(
     with output_lock(layout):
         recorded = output_identity(layout)
         mode, encoder = choose(precision, model, run_dir, device, recorded and recorded.get("precision", "fp32"))
+        if precision == "auto" and recorded is None:  # a new output: its precision is fixed from here on
+            mode, encoder = confirm_on_survey(mode, encoder, model, survey, device)
         identity = {
             "weights": weights_digest(run_dir),
             "offsets": {k: np.round(np.asarray(v, float), 6).tolist() for k, v in (offsets or {}).items()},
@@ -430,6 +451,7 @@ def encode(
             "precision": mode,
         }
         index = load_index(layout, schema, identity)
+        check_tmp_folder(layout)
         layout.tmp.mkdir(parents=True, exist_ok=True)
         for tmp in layout.tmp.glob("*.tmp"):
             tmp.unlink()  # a part that was being written when a run stopped
@@ -456,7 +478,20 @@ def encode(
         summary.wall_time_s = round(time.time() - t0, 3)
         with atomic_file(summary_path(out)) as tmp:
             tmp.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+        source = str(labels_csv or (root / "labels.csv" if (root / "labels.csv").is_file() else "the folder layout"))
+        with atomic_file(labels_schema_path(out)) as tmp:
+            tmp.write_text(json.dumps(labels_schema(label_cols, types, source), indent=2) + "\n")
     return summary
+
+
+def recorded_correction(out: Path | str) -> tuple[str | None, dict[str, np.ndarray]]:
+    """The hardware correction an existing output was encoded with: (recorder column, offsets by recorder).
+
+    A growing output keeps its offsets: fitted again on a larger survey they would differ, and one output
+    never mixes two corrections."""
+    identity = output_identity(Layout(Path(out))) or {}
+    offsets = {k: np.asarray(v, np.float32) for k, v in (identity.get("offsets") or {}).items()}
+    return identity.get("offset_column"), offsets
 
 
 def _plan(
@@ -477,6 +512,8 @@ def _plan(
     done, holder = index.entries, index.holder()
     tasks: list[FileTask] = []
     stale: dict[Path, set[str]] = {}
+    relabel: dict[Path | None, set[str]] = {}
+    unknown: dict[str, str] = {}  # recorder without an offset -> a file of it
     drop: set[str] = set()
     for rel in survey.files:
         p = survey.root / rel
@@ -485,6 +522,9 @@ def _plan(
         if entry is not None:
             if entry.get("size") is None or (entry["size"], entry["mtime_ns"]) == (size, mtime_ns):
                 summary.already_done += 1
+                if entry.get("labels") not in (None, labels_digest(survey.labels.get(rel, {}))):
+                    summary.relabelled.append(rel)
+                    relabel.setdefault(holder[rel], set()).add(rel)
                 continue
             log.info("%s changed since it was encoded (size or mtime): encoding it again", rel)
             summary.changed.append(rel)
@@ -495,8 +535,19 @@ def _plan(
                 stale.setdefault(part, set()).add(rel)
         lab = survey.labels.get(rel, {})
         offset = (offsets or {}).get(str(lab.get(offset_column))) if offset_column else None
+        if offset_column and offset is None:
+            unknown.setdefault(str(lab.get(offset_column) or ""), rel)
         tasks.append(FileTask(p, rel, lab, offset, size, mtime_ns))
+    if unknown:
+        said = ", ".join(f"{k or '(empty)'} (e.g. {v})" for k, v in sorted(unknown.items())[:5])
+        raise RuntimeError(
+            f"no hardware offset for the {offset_column} value(s) {said}: the offsets were fitted on recorders "
+            f"{sorted(offsets or {})}; encode these into another --out, which fits offsets for every recorder"
+        )
     drop_files(index, stale, layout, identity)
+    if relabel:
+        log.info("%d files have new labels: their rows are given them (no encoding needed)", len(summary.relabelled))
+        relabel_files(index, relabel, layout, identity, survey.labels, survey.label_columns)
     return tasks, drop
 
 

@@ -80,6 +80,10 @@ class Folds:
     splits: list[tuple[np.ndarray, np.ndarray]]
     classes: list[str]
     dropped: dict[str, int] = field(default_factory=dict)  # classes with too few groups, left out
+    unlabelled: list[str] = field(default_factory=list)  # units with no value of the target, left out
+
+
+MAX_CLASSES = 200  # more values than this is an identifier or a measurement, not a class label
 
 
 def make_folds(
@@ -98,21 +102,40 @@ def make_folds(
             f"no column {group!r} to group folds by: a label that is not the same for every frame "
             f"of a unit cannot group units; the units have {list(meta.columns)}"
         )
-    labelled = meta[target].notna() & (meta[target].astype(str) != "")
-    groups_per_class = meta[labelled].groupby(target)[group].nunique()
+    labelled = (meta[target].notna() & (meta[target].astype(str).str.strip() != "")).to_numpy()
+    unlabelled = [str(u) for u in meta.loc[~labelled, "unit" if "unit" in meta.columns else "path"]]
+    if unlabelled:
+        log.warning(
+            "left out %d of %d units with no %r label, e.g. %s", len(unlabelled), len(meta), target, unlabelled[:3]
+        )
+    values = meta[target].astype(str)
+    n_classes = values[labelled].nunique()
+    if n_classes > MAX_CLASSES:
+        raise ValueError(
+            f"{target!r} has {n_classes} different values over {int(labelled.sum())} units: a classifier needs a few "
+            f"classes with several units each (at most {MAX_CLASSES}); is {target!r} an identifier or a measurement?"
+        )
+    groups_per_class = meta[labelled].groupby(values[labelled])[group].nunique()
     small = groups_per_class[groups_per_class < 2]
-    if len(small):
-        log.warning("left out classes with fewer than 2 %s groups: %s", group, dict(small))
-    keep = np.flatnonzero(labelled & ~meta[target].isin(small.index))
-    y = meta[target].to_numpy()[keep].astype(str)
+    dropped = {str(k): int(v) for k, v in small.items()}
+    if dropped:
+        log.warning("left out %d classes with fewer than 2 %s groups: %s", len(dropped), group, _shorten(dropped))
+    keep = np.flatnonzero(labelled & ~values.isin(list(dropped)).to_numpy())
+    y = values.to_numpy()[keep].astype(str)
     groups = meta[group].astype(str).to_numpy()[keep]
-    classes = sorted(set(y))
+    classes = sorted({str(v) for v in y})
     if len(classes) < 2:
         raise ValueError(f"{target!r} needs at least two classes with two or more groups each; found {classes}")
     k = int(min(n_splits, groups_per_class.drop(small.index).min()))
     splitter = StratifiedGroupKFold(n_splits=max(2, k), shuffle=True, random_state=seed)
     splits = list(splitter.split(np.zeros(len(y)), y, groups))
-    return Folds(target, group, y, groups, splits, classes, dict(small)), keep
+    return Folds(target, group, y, groups, splits, classes, dropped, unlabelled), keep
+
+
+def _shorten(d: dict, n: int = 8) -> str:
+    """A long dict in a log line: its first ``n`` items and how many more."""
+    items = ", ".join(f"{k}: {v}" for k, v in list(d.items())[:n])
+    return items + (f", ... ({len(d) - n} more)" if len(d) > n else "")
 
 
 def _scores(y_true, y_pred, proba, classes) -> dict[str, float]:
@@ -181,6 +204,7 @@ class Evaluation:
     left_out_units: list[str] = field(default_factory=list)  # units some feature set lacks (a baseline failed)
     unplaced: dict[str, int] = field(default_factory=dict)  # path -> frames without a time, so in no window
     classifiers: dict[str, str] = field(default_factory=dict)  # name -> the estimator, as scikit-learn prints it
+    unlabelled: list[str] = field(default_factory=list)  # units with no value of the target: not evaluated
 
     @property
     def n_recordings(self) -> int:  # the unit is a recording by default
@@ -290,6 +314,7 @@ def evaluate_descriptors(
         left_out,
         dict(units.unplaced),
         {name: describe_classifier(clf) for name, clf in chosen.items()},
+        folds.unlabelled,
     )
 
 
@@ -380,6 +405,7 @@ def write_evaluation(
         "descriptors": {k: DESCRIPTOR_TEXT.get(k, k) for k in ev.summary["descriptor"].unique()},
         "dropped_classes": ev.dropped,
         "left_out_units": ev.left_out_units,
+        "unlabelled_units": ev.unlabelled,
         "confusion_images": images,
         "frames_without_time": {"frames": sum(ev.unplaced.values()), "recordings": sorted(ev.unplaced)},
         **verdict(ev.summary),

@@ -35,6 +35,12 @@ def atomic_file(path: Path, tmp_dir: Path | None = None) -> Iterator[Path]:
     fsync(path.parent)  # the rename itself
 
 
+def safe_name(name: str) -> str:
+    """A label value or column as part of a file name: letters, digits, '-', '_' and '.' kept, the rest '_'
+    (a label 'habitat/type' must not name a folder)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+
+
 def fsync(path: Path) -> None:
     """Flush a file (or a folder's entries) to the disk."""
     fd = os.open(path, os.O_RDONLY)

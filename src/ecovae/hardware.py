@@ -20,6 +20,7 @@ from ecovae.descriptors import MixtureMoments
 from ecovae.evaluate import linear_classifier, make_folds
 from ecovae.logmel_cache import cache_survey
 from ecovae.model import SoundscapeVAE
+from ecovae.progress import file_progress
 from ecovae.recorder_offsets import RecorderOffsets, spectra_table
 from ecovae.spectrogram import SpectrogramConfig
 from ecovae.survey import open_survey
@@ -51,6 +52,7 @@ def hardware_check(
     n_splits: int = 5,
     seed: int = 0,
     cache: Path | str | None = None,
+    progress: bool = False,
 ) -> dict:
     """Balanced accuracy of predicting ``recorder`` and ``target`` from moments descriptors, without and with correction.
 
@@ -70,21 +72,26 @@ def hardware_check(
     y = folds.y
     clips = [clips[i] for i in keep]
     spectra = spectra[keep]
-    plain = _moments(model, clips, None)
     pred = {
         k: np.empty(len(y), dtype=object)
         for k in ("recorder_plain", "target_plain", "recorder_corrected", "target_corrected")
     }
-    for tr, te in folds.splits:
-        corr = RecorderOffsets().fit(spectra_table(spectra[tr], rec[tr]))
-        corrected = _moments(model, clips, [corr.offset(r) for r in rec])
-        for name, X in (("plain", plain), ("corrected", corrected)):
-            pred[f"recorder_{name}"][te] = linear_classifier().fit(X[tr], rec[tr]).predict(X[te])
-            pred[f"target_{name}"][te] = linear_classifier().fit(X[tr], y[tr]).predict(X[te])
+    # every fold encodes the survey again with its own offsets: the slow part, so it shows progress
+    with file_progress(len(folds.splits) + 1, "Hardware check", enabled=progress) as advance:
+        plain = _moments(model, clips, None)
+        advance()
+        for tr, te in folds.splits:
+            corr = RecorderOffsets().fit(spectra_table(spectra[tr], rec[tr]))
+            corrected = _moments(model, clips, [corr.offset(r) for r in rec])
+            for name, X in (("plain", plain), ("corrected", corrected)):
+                pred[f"recorder_{name}"][te] = linear_classifier().fit(X[tr], rec[tr]).predict(X[te])
+                pred[f"target_{name}"][te] = linear_classifier().fit(X[tr], y[tr]).predict(X[te])
+            advance()
     full = RecorderOffsets().fit(spectra_table(spectra, rec))
     return {
         "recorder_column": recorder,
         "target": target,
+        "unit": "recording",  # each recording's moments descriptor, whatever the evaluation's units
         "n_recordings": len(y),
         "n_folds": len(folds.splits),
         "recorder_balanced_accuracy": {

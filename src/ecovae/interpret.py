@@ -6,8 +6,9 @@
 * Saliency: the linear classifier's score for a class, as a function of the
   input log-mel through the encoder (score = w . mean_t mu_t + b), attributed to
   time-frequency cells by integrated gradients smoothed over noisy inputs
-  (SmoothGrad) and gradient x input (Captum), and summed into a coarse grid of
-  frames x bands; for the recording the classifier is most confident about.
+  (SmoothGrad) and gradient x input, both from the stretch's own steady
+  background, summed into a coarse grid of frames x bands; on the most active
+  stretch of the recordings the classifier is surest of.
 * Boundary walk: from one class's mean latent, along the unit normal of the
   logistic-regression hyperplane (A vs B) until the classifier gives the other
   class p = 0.1 ... 0.9, each step decoded to a spectrogram, shown with its
@@ -32,9 +33,10 @@ import torch
 from sklearn.preprocessing import StandardScaler
 
 from ecovae import plots
-from ecovae.audio import open_recording, read_excerpt
+from ecovae.audio import BadAudio, open_recording, read_excerpt
 from ecovae.descriptors import MixtureMoments, TimeAveraged, Units
 from ecovae.evaluate import linear_classifier
+from ecovae.files import safe_name
 from ecovae.latents import silent_frames, value_columns
 from ecovae.logmel_cache import cache_survey
 from ecovae.model import SoundscapeVAE
@@ -122,6 +124,37 @@ def reconstruction_metrics(
 
 # --------------------------------------------------------------------------- saliency
 
+SALIENCY_CANDIDATES = 8  # recordings of the class, the classifier's surest, whose frames are looked through
+SALIENCY_FRAMES = 8
+AUDIBLE_DB = 1.0  # a walk changing no band by this much is too faint to hear
+
+
+def activity(logmel: torch.Tensor) -> float:
+    """How much a stretch of log-mel holds: each band's spread over time, averaged (0 for steady noise)."""
+    return float(logmel.std(0).mean())
+
+
+def saliency_excerpt(paths: list[str], root: Path, spec: SpectrogramConfig) -> tuple[str, torch.Tensor, dict]:
+    """(recording, its :data:`SALIENCY_FRAMES` frames, where and how active) of the most active stretch among the
+    first clips of ``paths``: the map then shows what a sound contributes, not the frame grid on steady noise."""
+    hops = SALIENCY_FRAMES * spec.frame_hops
+    best: tuple | None = None
+    for rel in paths:
+        try:
+            clip = recording_clips(open_recording(root / rel, root), spec, max_clips=1)[0].logmel
+        except BadAudio as e:
+            log.warning("saliency: passed over %s (%s)", rel, e.reason)
+            continue
+        starts = range(0, max(1, clip.shape[0] - hops + 1), spec.frame_hops)
+        for start in starts:
+            a = activity(clip[start : start + hops])
+            if best is None or a > best[3]:
+                best = (rel, clip[start : start + hops], start, a)
+    if best is None:
+        raise ValueError(f"no readable recording for the saliency map among {paths[:3]}")
+    rel, x, start, a = best
+    return rel, x, {"start_s": start / spec.frame_hops * spec.frame_seconds, "activity": a}
+
 
 class ClassScore(torch.nn.Module):
     """Input log-mel (B, 1, T, F) -> the linear classifier's score of the recording's mean latent."""
@@ -145,18 +178,24 @@ def saliency_maps(
     smooth_samples: int = 8,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Integrated gradients (baseline: digital silence) averaged over noisy copies of the input (SmoothGrad,
-    Captum's NoiseTunnel: the speckle of one gradient averages out), and gradient x input; each (hops, mels)."""
-    from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel
+    """What in ``x`` (hops, mels), beyond its own steady background, raises the score; each map (hops, mels).
+
+    The reference is the stretch's per-band median over time: its background, so that a sound is
+    measured against the soundscape it sits in (from digital silence, every background cell takes a
+    share; tests/test_first_hour.py plants a sound to check). Integrated gradients from that reference, averaged over noisy copies of
+    the input (SmoothGrad, Captum's NoiseTunnel: the speckle of one gradient averages out), and the
+    gradient times the input's departure from it.
+    """
+    from captum.attr import IntegratedGradients, NoiseTunnel
 
     torch.manual_seed(seed)
     f = ClassScore(model.eval(), score)
     inp = x[None, None].clone().requires_grad_(True)
-    baseline = torch.full_like(inp, float(np.log(SpectrogramConfig().log_floor)))
+    background = x.median(0).values.expand_as(x)[None, None].clone()
     noise = 0.15 * float(x.std())  # a few percent of the log-mel's range
     ig = NoiseTunnel(IntegratedGradients(f)).attribute(
         inp,
-        baselines=baseline,
+        baselines=background,
         n_steps=ig_steps,
         internal_batch_size=8,
         nt_type="smoothgrad",
@@ -164,10 +203,10 @@ def saliency_maps(
         nt_samples_batch_size=1,
         stdevs=noise,
     )
-    gxi = InputXGradient(f).attribute(inp)
+    (grad,) = torch.autograd.grad(f(inp).sum(), inp)
     return {
         "integrated gradients (SmoothGrad)": ig[0, 0].detach().numpy(),
-        "gradient x input": gxi[0, 0].detach().numpy(),
+        "gradient x (input - background)": (grad * (inp - background))[0, 0].detach().numpy(),
     }
 
 
@@ -448,7 +487,7 @@ def projections(
     for col in useful:
         values = meta[col].astype(str)
         for method, c in coords.items():
-            name = f"projection_{method.lower()}_{col}.png"
+            name = f"projection_{method.lower()}_{safe_name(col)}.png"
             plots.projection(c, values, f"{method} of moments descriptors, by {col}", out / name)
             images.append({"method": method, "label": col, "image": name})
     return images
@@ -489,17 +528,20 @@ def interpret(
     val = (run_info or {}).get("data", {}).get("val_recordings", [])
     info["reconstruction"] = reconstruction_metrics(model, root, val, spec, out) if val else None
 
-    # saliency: the recording of class B the classifier is most confident about (or the one asked for)
+    # saliency: among the recordings of class B the classifier is surest of, the 8 frames that hold the most
+    # (stationary noise gives maps of the encoder's frame grid, not of a sound); or the recording asked for
     path_col = "path" if "path" in meta.columns else "first_recording"
     score = fit_linear(z[labelled], y[labelled], positive=class_b)
     of_b = np.flatnonzero(labelled.to_numpy() & (y == class_b))
-    chosen = recording or str(meta[path_col].iloc[of_b[np.argmax(score(z[of_b]))]])
-    x = first_clip(root / chosen, root, spec, max_frames=8)
+    surest = of_b[np.argsort(-score(z[of_b]), kind="stable")][: max(1, min(SALIENCY_CANDIDATES, len(of_b) // 4))]
+    candidates = [recording] if recording else [str(meta[path_col].iloc[i]) for i in surest]
+    chosen, x, activity = saliency_excerpt(candidates, root, spec)
     maps = saliency_maps(model, x, score)
     grid = coarse_grid(maps["integrated gradients (SmoothGrad)"], spec)
-    plots.saliency(x.numpy(), maps, f"{chosen}: what raises the score of {target} = {class_b}", out / "saliency.jpg")
+    where = f"{chosen} from {activity['start_s']:.1f} s"
+    plots.saliency(x.numpy(), maps, f"{where}: what raises the score of {target} = {class_b}", out / "saliency.jpg")
     plots.saliency_grid(
-        grid, list(BANDS), spec.frame_seconds, f"{chosen}: attribution per frame and band", out / "saliency_grid.png"
+        grid, list(BANDS), spec.frame_seconds, f"{where}: attribution per frame and band", out / "saliency_grid.png"
     )
     np.savez_compressed(
         out / "saliency.npz", input=x.numpy(), grid=grid, **{k.replace(" ", "_"): v for k, v in maps.items()}
@@ -510,6 +552,9 @@ def interpret(
         "image": "saliency.jpg",
         "grid_image": "saliency_grid.png",
         "probability": float(1 / (1 + np.exp(-score(z[of_b]).max()))) if recording is None else None,
+        "start_s": activity["start_s"],
+        "activity": activity["activity"],
+        "candidates": len(candidates),
         "grid": {band: grid[:, i].tolist() for i, band in enumerate(BANDS)},
         "methods": list(maps),
         "finite": bool(all(np.isfinite(m).all() for m in maps.values())),
@@ -541,6 +586,10 @@ def interpret(
         "image": "boundary_walk.jpg",
         "bands_image": "boundary_walk_bands.png",
         "band_change_db": coarse,
+        "largest_change_db": float(np.abs(per_mel).max()),
+        # under ~1 dB in every band a listener hears no difference: the classes differ in what the decoder
+        # barely renders, and the walk says so rather than offering sounds that seem to mean something
+        "audible": bool(np.abs(per_mel).max() >= AUDIBLE_DB),
         "audio": sounds,
     }
 

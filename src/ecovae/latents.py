@@ -16,10 +16,12 @@ without reading any rows. A single-file output is the parts merged at the end.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 from collections.abc import Iterator
@@ -66,8 +68,20 @@ def latent_columns(prefix: str, dim: int) -> list[str]:
 
 
 def label_column_names(columns: list[str]) -> dict[str, str]:
-    """Label column -> output column (a label that clashes with a fixed column gets a ``label_`` prefix)."""
-    return {c: (f"label_{c}" if c in RESERVED or c.startswith(FEATURE_PREFIXES) else c) for c in columns}
+    """Label column -> output column (a label that clashes with a fixed column gets a ``label_`` prefix).
+
+    Two labels that would share an output column (``frame_time`` beside ``label_frame_time``) are an error.
+    """
+    names = {c: (f"label_{c}" if c in RESERVED or c.startswith(FEATURE_PREFIXES) else c) for c in columns}
+    seen: dict[str, str] = {}
+    for c, name in names.items():
+        if name in seen:
+            raise ValueError(
+                f"the label columns {seen[name]!r} and {c!r} would both be written as {name!r} "
+                "(a label named like a column ecovae writes gets the prefix 'label_'); rename one"
+            )
+        seen[name] = c
+    return names
 
 
 def is_feature_column(name: str) -> bool:
@@ -90,15 +104,115 @@ def silent_frames(frames: pd.DataFrame) -> np.ndarray:
     return frames["silent"].to_numpy(bool).copy() if "silent" in frames else np.zeros(len(frames), bool)
 
 
-def latents_schema(label_columns: list[str], latent_dim: int, n_mels: int = 64) -> pa.Schema:
-    """The schema of the latents Parquet file (see README, "Outputs")."""
+# --------------------------------------------------------------------------- label types
+# A label keeps its type, so that DuckDB's WHERE hour >= 6 and R's filter(hour >= 6) work on the output:
+# whole numbers, numbers, dates and times (with their offset, as UTC instants) are found from every value of
+# the column; anything else, or a mix, stays text. A code with a leading zero ("007") is text: it is a name.
+_INT = re.compile(r"[+-]?(0|[1-9][0-9]*)")
+_FLOAT = re.compile(r"[+-]?((0|[1-9][0-9]*)(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?")
+_OFFSET = re.compile(r"(Z|[+-][0-9]{2}:?[0-9]{2})")
+CLOCK_NOTE = (
+    "the recorder's clock as its file name gives it (AudioMoth: UTC unless set otherwise; Song Meter: local "
+    "time); no time zone is stored because the name carries none"
+)
+
+
+def label_types(labels: dict[str, dict[str, str]], columns: list[str]) -> dict[str, pa.DataType]:
+    """Each label column's type, from all its values (empty ones aside): int64, float64, date32,
+    timestamp (UTC where every value gives its offset), or string."""
+    types = {}
+    for c in columns:
+        values = {str(row.get(c) or "").strip() for row in labels.values()} - {""}
+        types[c] = _type_of(values)
+    return types
+
+
+def _type_of(values: set[str]) -> pa.DataType:
+    def every(pattern: re.Pattern) -> bool:
+        return all(pattern.fullmatch(v) for v in values)
+
+    if not values:
+        return pa.string()
+    if every(_INT) and all(abs(int(v)) < 2**63 for v in values):
+        return pa.int64()
+    if every(_FLOAT):
+        return pa.float64()
+    if every(_DATE) and _parses(values, dates=True):
+        return pa.date32()
+    offsets = []
+    for v in values:
+        m = _TIME.match(v)
+        rest = v[m.end() :] if m else None
+        if rest is None or (rest and not _OFFSET.fullmatch(rest)):
+            return pa.string()
+        offsets.append(bool(rest))
+    if not _parses(values) or any(offsets) != all(offsets):
+        return pa.string()  # a mix of times with and without their offset: no one instant to store
+    return pa.timestamp("ms", tz="UTC") if all(offsets) else pa.timestamp("ms")
+
+
+def _parses(values: set[str], dates: bool = False) -> bool:
+    import datetime as dt
+
+    try:
+        for v in values:
+            (dt.date.fromisoformat if dates else dt.datetime.fromisoformat)(v.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def typed_label(value: str | None, type_: pa.DataType):
+    """One label value as its column's type (None where empty)."""
+    import datetime as dt
+
+    value = (value or "").strip()
+    if not value:
+        return None
+    if pa.types.is_int64(type_):
+        return int(value)
+    if pa.types.is_float64(type_):
+        return float(value)
+    if pa.types.is_date32(type_):
+        return dt.date.fromisoformat(value)
+    if pa.types.is_timestamp(type_):
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return t.astimezone(dt.timezone.utc) if t.tzinfo else t
+    return value
+
+
+def labels_schema_path(out: Path) -> Path:
+    """The label columns' types, written beside the latents for readers that want them declared (CSVW-like)."""
+    return out.with_name(out.name.removesuffix(".parquet") + ".labels_schema.json")
+
+
+def labels_schema(label_columns: list[str], types: dict[str, pa.DataType], source: str) -> dict:
     names = label_column_names(label_columns)
+    return {
+        "source": source,
+        "columns": [{"name": names[c], "label": c, "type": str(types[c])} for c in label_columns],
+        "times": {"start_time": CLOCK_NOTE, "frame_time": CLOCK_NOTE},
+    }
+
+
+def latents_schema(
+    label_columns: list[str],
+    latent_dim: int,
+    n_mels: int = 64,
+    types: dict[str, pa.DataType] | None = None,
+) -> pa.Schema:
+    """The schema of the latents Parquet file (see README, "Outputs"); labels are text unless ``types`` says."""
+    names = label_column_names(label_columns)
+    types = types or {}
+    clock = {b"description": CLOCK_NOTE.encode()}
     return pa.schema(
         [pa.field("path", pa.string(), nullable=False)]
-        + [pa.field(names[c], pa.string()) for c in label_columns]
+        + [pa.field(names[c], types.get(c, pa.string())) for c in label_columns]
         + [
-            pa.field("start_time", pa.timestamp("ms")),
-            pa.field("frame_time", pa.timestamp("ms")),
+            pa.field("start_time", pa.timestamp("ms"), metadata=clock),
+            pa.field("frame_time", pa.timestamp("ms"), metadata=clock),
             pa.field("source_sample_rate", pa.int32()),
             pa.field("source_channels", pa.int16()),
             pa.field("clip_index", pa.int32()),
@@ -121,6 +235,12 @@ def read_latents(path: Path | str) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such latents file or folder (make it with 'ecovae encode')")
+    models = _models_in(path)
+    if len(models) > 1:
+        raise ValueError(
+            f"{path} holds parts encoded by {len(models)} different models or settings ({'; '.join(models)}): "
+            "every frame would be counted once per model; keep one model's parts per folder"
+        )
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
@@ -132,13 +252,27 @@ def read_latents(path: Path | str) -> pd.DataFrame:
     return table.to_pandas()
 
 
+def _models_in(path: Path) -> list[str]:
+    """What encoded each part of a dataset (weights digest and precision, from the footers); one file: one."""
+    found = {}
+    for part in list_parts(path) if path.is_dir() else []:
+        identity = read_index(part)[1]
+        if identity:
+            key = json.dumps({"precision": "fp32", **identity}, sort_keys=True)
+            found[key] = (
+                f"weights {str(identity.get('weights'))[:12]}, {identity.get('precision', 'fp32')}, "
+                f"correction {identity.get('offset_column') or 'none'}"
+            )
+    return list(found.values())
+
+
 def summary_path(out: Path) -> Path:
     return out.with_name(out.name.removesuffix(".parquet") + ".summary.json")
 
 
 def is_dataset(out: Path | str) -> bool:
     """A folder of parts (a Parquet dataset) unless ``out`` names a ``.parquet`` file."""
-    return Path(out).suffix != ".parquet"
+    return Path(out).suffix.lower() != ".parquet"
 
 
 # Parquet footer metadata of every part (the done-index): the files in it, each with its size and
@@ -186,7 +320,12 @@ def read_index(path: Path) -> tuple[dict[str, dict], dict | None]:
     An older part lists only its files (``{}`` entries: size and mtime unknown);
     a file without a footer index: its path column, no identity.
     """
-    meta = pq.read_metadata(path).metadata or {}
+    try:
+        meta = pq.read_metadata(path).metadata or {}
+    except (pa.ArrowException, OSError) as e:
+        raise RuntimeError(
+            f"{path} is damaged ({e}); move it away and run again: the files it held are encoded again"
+        ) from None
     if FILES_KEY in meta:
         files = json.loads(meta[FILES_KEY])
         entries = files if isinstance(files, dict) else {rel: {} for rel in files}
@@ -262,8 +401,24 @@ def load_index(layout: Layout, schema: pa.Schema, identity: dict) -> OutputIndex
     sources = _sources(layout)
     index = OutputIndex({}, {})
     for source in sources:
-        if pq.read_schema(source) != schema:
-            raise RuntimeError(f"{source} has another schema (model or labels differ); choose another --out")
+        try:
+            there = pq.read_schema(source)
+        except (pa.ArrowException, OSError) as e:
+            raise RuntimeError(
+                f"{source} is damaged ({e}); move it away and run again: the files it held are encoded again"
+            ) from None
+        if not there.equals(schema, check_metadata=False):
+            theirs = {f.name: str(f.type) for f in there}
+            ours = {f.name: str(f.type) for f in schema}
+            differ = [
+                f"{n}: {theirs.get(n, 'absent')} there, {ours.get(n, 'absent')} now"
+                for n in dict.fromkeys([*theirs, *ours])
+                if theirs.get(n) != ours.get(n)
+            ]
+            raise RuntimeError(
+                f"{source} has another schema ({'; '.join(differ[:4])}{'; ...' if len(differ) > 4 else ''}): "
+                "the model, the label columns or their types differ; delete it or choose another --out"
+            )
         entries, other = read_index(source)
         if other is not None:
             other = {"precision": "fp32", **other}  # outputs from before precisions were recorded
@@ -300,25 +455,102 @@ def drop_files(index: OutputIndex, rels_by_part: dict[Path, set[str]], layout: L
         index.parts[part] = keep
 
 
+def labels_digest(labels: dict[str, str]) -> str:
+    """A file's label values, as its done-index entry records them: changed labels are found without the audio."""
+    text = json.dumps({k: (v or "") for k, v in labels.items()}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def relabel_files(
+    index: OutputIndex,
+    rels_by_holder: dict[Path | None, set[str]],
+    layout: Layout,
+    identity: dict,
+    labels: dict[str, dict[str, str]],
+    label_columns: list[str],
+) -> None:
+    """Give files' rows their current labels without encoding again (labels do not depend on the model).
+
+    A part is rewritten in place; rows in a merged file are copied into a new part with their new labels,
+    which the merge then takes instead of the old rows. Either way a kill leaves the old labels or the new.
+    """
+    names = label_column_names(label_columns)
+    for holder, rels in rels_by_holder.items():
+        wanted = pa.array(sorted(rels), pa.string())
+        if holder is None:  # only these files' rows, row group by row group: the merged file may be large
+            f = pq.ParquetFile(layout.out)
+            table = pa.concat_tables(
+                [
+                    t.filter(pc.is_in(t["path"], value_set=wanted))
+                    for t in (f.read_row_group(g) for g in range(f.num_row_groups))
+                ]
+            )
+            entries = {rel: index.merged[rel] for rel in rels}
+        else:
+            table, entries = pq.read_table(holder), index.parts[holder]
+        schema = table.schema.remove_metadata()
+        paths = table["path"].to_pylist()
+        for c in label_columns:
+            field = schema.field(names[c])
+            old = table[names[c]].to_pylist()
+            new = [
+                typed_label(labels.get(p, {}).get(c), field.type) if p in rels else o
+                for p, o in zip(paths, old, strict=True)
+            ]
+            table = table.set_column(schema.get_field_index(names[c]), field, pa.array(new, field.type))
+        entries = {
+            rel: ({**e, "labels": labels_digest(labels.get(rel, {}))} if rel in rels else e)
+            for rel, e in entries.items()
+        }
+        part = write_part(layout.parts, layout.tmp, [table], entries, schema, identity, name=holder and holder.name)
+        index.parts[part] = entries
+
+
 @contextmanager
 def output_lock(layout: Layout) -> Iterator[None]:
-    """Hold an OS lock on the output while encoding: a second run on it is refused, not interleaved."""
+    """Hold an OS lock on the output while encoding: a second run on it is refused, not interleaved.
+
+    The lock file is never followed as a link (a link there could point at any file, which would be
+    overwritten) and is removed when the run ends, so a finished output leaves nothing behind.
+    """
     layout.lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    while True:
+        try:
+            fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise RuntimeError(
+                    f"{layout.lock} is a symbolic link; ecovae writes its lock there: remove the link"
+                ) from None
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise OutputBusy(
                 f"{layout.out} is being written by another 'ecovae encode' ({holder}); "
                 "wait for it to finish, or choose another --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        try:  # the holder before us may have removed the file after we opened it: lock the one on disk
+            same = os.stat(layout.lock, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".ljust(120).encode(), 0)
         yield
+        layout.lock.unlink(missing_ok=True)  # still holding it: nobody can take it in between
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def check_tmp_folder(layout: Layout) -> None:
+    """The temporary folder must be the output's own: a link there would have another folder's files deleted."""
+    if layout.tmp.is_symlink():
+        raise RuntimeError(f"{layout.tmp} is a symbolic link; ecovae deletes its stale files there: remove the link")
 
 
 class OutputBusy(RuntimeError):

@@ -223,6 +223,17 @@ def read_events(path: Path | str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
+def known_event(row: dict, events: pd.DataFrame | None, frame_seconds: float) -> str | None:
+    """The kind of the known event (``events.csv``) that a frame overlaps, if any: a planted sound is marked."""
+    if events is None or "path" not in row or "frame_offset_s" not in row:
+        return None
+    start = float(row["frame_offset_s"])
+    for e in events.itertuples(index=False):
+        if e.path == row["path"] and start < e.end_s and start + frame_seconds > e.start_s:
+            return str(e.kind)
+    return None
+
+
 def score_columns(scores: pd.DataFrame) -> list[str]:
     """The score columns of a novelty table, the ranking one first."""
     return [c for c in scores.columns if c.startswith("novelty_") or c == "neg_elbo"]
@@ -287,7 +298,7 @@ def write_novelty(
         "top": top,
         "histogram": HISTOGRAM_FILE,
         "events": event_ranks(scores, events, frame_seconds) if events is not None else None,
-        "listen": listen or [],
+        "listen": [{**r, "event": known_event(r, events, frame_seconds)} for r in listen or []],
     }
     with atomic_file(out / SUMMARY_FILE) as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=2) + "\n")

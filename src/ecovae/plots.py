@@ -233,10 +233,10 @@ def excerpt(audio: np.ndarray, rate: int, frame: tuple[float, float], title: str
     return _save(fig, path, dpi=80, quality=80)
 
 
-def diel(image: np.ndarray, days: list[str], profile: dict, title: str, path: Path) -> Path:
+def diel(image: np.ndarray, days: list[str], profile: dict, title: str, path: Path, ylim: tuple | None = None) -> Path:
     """Days at a glance: ``image`` (days, bins over 24 h, RGB in [0, 1]; NaN where nothing was recorded) above
     each component's median and interquartile range by hour (``profile``: hours, median and q25/q75 per
-    component)."""
+    component); ``ylim`` one scale for every group's profile, so that sites compare by eye."""
     height = 0.9 + 0.22 * len(days)
     fig, (top, bottom) = _subplots(2, 1, figsize=(7.5, height + 2.0), height_ratios=[height, 2.0])
     shown = np.where(np.isnan(image), 0.92, image)  # light grey: not recorded
@@ -255,5 +255,7 @@ def diel(image: np.ndarray, days: list[str], profile: dict, title: str, path: Pa
     bottom.set_xticks(range(0, 25, 3))
     bottom.set_xlabel("hour of day", fontsize=8)
     bottom.set_ylabel("component (median, IQR)", fontsize=8)
+    if ylim is not None:
+        bottom.set_ylim(*ylim)
     bottom.legend(fontsize=7, ncol=3)
     return _save(fig, path)

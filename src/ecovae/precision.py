@@ -28,6 +28,7 @@ import platform
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from ecovae.files import atomic_file
 from ecovae.logmel_cache import default_cache_dir
 from ecovae.model import SoundscapeVAE
 from ecovae.run import CALIBRATION_FILE, cpu_flags, load_calibration, weights_digest
+from ecovae.survey import Survey, recording_clips
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +310,39 @@ def failed(check: dict) -> str | None:
     if check["cosine"] < CHECK_COSINE:
         return f"mu cosine to fp32 {check['cosine']:.5f} < {CHECK_COSINE} on the run's held-out calibration windows"
     return None
+
+
+SURVEY_CHECK_FILES = 12  # recordings spread over the survey whose first clip auto's choice is confirmed on
+
+
+def confirm_on_survey(
+    mode: str, encoder: Encoder, model: SoundscapeVAE, survey: Survey, device: str = "cpu"
+) -> tuple[str, Encoder]:
+    """``auto``'s choice checked again on the survey being encoded: the first clip of up to
+    :data:`SURVEY_CHECK_FILES` recordings spread over it, each frame's mu against fp32's. A mode whose worst
+    frame falls below :data:`MIN_COSINE` there gives way to fp32 (the run's calibration windows are few)."""
+    if mode == "fp32" or not survey.files:
+        return mode, encoder
+    step = max(1, len(survey.files) // SURVEY_CHECK_FILES)
+    clips = []
+    for _, first in survey.read(partial(recording_clips, spec=survey.spec, max_clips=1), survey.files[::step]):
+        clips.append(first[0].logmel.unsqueeze(0).unsqueeze(0))
+        if len(clips) >= SURVEY_CHECK_FILES:
+            break
+    if not clips:
+        return mode, encoder
+    reference = torch_encoder(model, "fp32", device)
+    worst = min(cosine(encoder(x)[0], reference(x)[0]) for x in clips)
+    if worst < MIN_COSINE:
+        log.warning(
+            "precision auto: %s gave mu cosine %.5f to fp32 on the survey's own frames (< %s): encoding in fp32",
+            mode,
+            worst,
+            MIN_COSINE,
+        )
+        return "fp32", reference
+    log.info("precision auto: %s confirmed on %d of the survey's clips (worst cosine %.5f)", mode, len(clips), worst)
+    return mode, encoder
 
 
 def _said(check: dict) -> str:

@@ -2,15 +2,81 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
+class LineProgress:
+    """Progress for a log (no terminal): a line when another ``step`` of the work is done *and* ``seconds`` have
+    passed since the last line, and one at the end; a bar's redraws would fill the log."""
+
+    def __init__(
+        self, total: int, description: str, unit: str = "files", stream=None, step: float = 0.1, seconds: float = 60
+    ):
+        self.total, self.description, self.unit = total, description, unit
+        self.stream = stream or sys.stderr
+        self.step, self.seconds = step, seconds
+        self.t0 = self.last_time = time.monotonic()
+        self.done = self.last_done = 0
+        self.fields: dict = {}
+
+    def update(self, done: int, **fields) -> None:
+        self.done, self.fields = done, {**self.fields, **fields}
+        now = time.monotonic()
+        enough = self.total and (self.done - self.last_done) >= self.step * self.total
+        if enough and now - self.last_time >= self.seconds:
+            self._line(now)
+
+    def close(self) -> None:
+        if self.done != self.last_done or self.done == 0:
+            self._line(time.monotonic())
+
+    def _line(self, now: float) -> None:
+        self.last_time, self.last_done = now, self.done
+        elapsed = now - self.t0
+        share = self.done / self.total if self.total else 1.0
+        eta = elapsed / share - elapsed if 0 < share < 1 else 0.0
+        extra = "".join(f", {k} {v}" for k, v in self.fields.items())
+        print(
+            f"{self.description}: {self.done}/{self.total} {self.unit} ({share:.0%}){extra}; "
+            f"{_clock(elapsed)} elapsed" + (f", ETA {_clock(eta)}" if 0 < share < 1 else ""),
+            file=self.stream,
+            flush=True,
+        )
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def interactive(stream=None) -> bool:
+    """Whether progress can be drawn as a bar (a terminal), not written as lines (a log file, a pipe)."""
+    stream = stream or sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
 @contextmanager
 def file_progress(total: int, description: str, enabled: bool = True) -> Iterator[Callable[..., None]]:
-    """Yields ``advance(files=1, **fields)``: a files bar with elapsed time, ETA and extra fields."""
+    """Yields ``advance(files=1, **fields)``: a files bar with elapsed time, ETA and extra fields (in a log:
+    :class:`LineProgress` lines)."""
     if not enabled:
         yield lambda files=1, **fields: None
+        return
+    if not interactive():
+        lines = LineProgress(total, description)
+        count = [0]
+
+        def log_advance(files: int = 1, **fields) -> None:
+            count[0] += files
+            lines.update(count[0], **fields)
+
+        try:
+            yield log_advance
+        finally:
+            lines.close()
         return
     from rich.progress import (
         BarColumn,

@@ -56,7 +56,7 @@ class RecorderOffsets(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None) -> RecorderOffsets:
         spectra, recorders = self._split(X, fitting=True)
-        means = {r: spectra[recorders == r].mean(0) for r in sorted(set(recorders))}
+        means = {str(r): spectra[recorders == r].mean(0) for r in sorted(set(recorders))}  # str: np.str_ prints oddly
         survey = np.mean(list(means.values()), axis=0)
         self.offsets_ = {r: (m - survey).astype(np.float32) for r, m in means.items()}
         return self

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,9 +89,12 @@ def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None)
     )
     params = None
     if model:
+        import torch
+
         from ecovae.model import SoundscapeVAE, VAEConfig, parameter_count
 
-        params = parameter_count(SoundscapeVAE(VAEConfig.from_dict(model)))
+        with torch.device("meta"):  # counted, not allocated: a config is no reason to take gigabytes
+            params = parameter_count(SoundscapeVAE(VAEConfig.from_dict(model)))
     versions = run.get("versions", {})
     hardware = run.get("hardware", {})
     return {
@@ -146,7 +150,7 @@ def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None)
             "descriptors": "; ".join(f"{k}: {v}" for k, v in ev.get("descriptors", {}).items()) or "not run",
             "feature sets": "; ".join(f"{k}: {v}" for k, v in ev.get("feature_sets", {}).items()) or "not run",
             "classifiers": "; ".join(f"{k}: {v}" for k, v in ev.get("classifiers", {}).items()) or "not run",
-            "interpretation": "integrated gradients and gradient x input (Captum) of the linear score; boundary walks along the "
+            "interpretation": "integrated gradients (Captum) and gradient x input, both from the stretch's per-band median (its background), of the linear score; boundary walks along the "
             "hyperplane normal; PCA and UMAP"
             if interp
             else "not run",
@@ -169,6 +173,7 @@ def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None)
     }
 
 
+EVAL_FILES = ("evaluation.json", "interpretation.json", "novelty", "diel")  # what makes a folder an evaluation
 AUDIO_BUDGET_MB = 8.0  # sound embedded in the report; past it, links to the files
 
 
@@ -183,6 +188,13 @@ def write_report(
     from ecovae import plots
 
     run_dir, eval_dir, out = Path(run_dir), Path(eval_dir), Path(out)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json); give the --out of 'ecovae train'")
+    if not any((eval_dir / name).exists() for name in EVAL_FILES):
+        raise FileNotFoundError(
+            f"{eval_dir}: no evaluation, interpretation, novelty or diel outputs there; give the --out of "
+            "'ecovae evaluate' or 'ecovae interpret'"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     run = _read_json(run_dir / "run.json")
     ev = _read_json(eval_dir / "evaluation.json")
@@ -193,8 +205,11 @@ def write_report(
         )
     encode = _read_json(Path(latents_summary)) if latents_summary else {}
 
-    if (run_dir / "metrics.csv").is_file():
-        plots.training_curves(pd.read_csv(run_dir / "metrics.csv"), eval_dir / "training_curves.png")
+    curves = None
+    if (run_dir / "metrics.csv").is_file():  # drawn for the page only: the evaluation folder may be read-only
+        with tempfile.TemporaryDirectory() as tmp:
+            plots.training_curves(pd.read_csv(run_dir / "metrics.csv"), Path(tmp) / "training_curves.png")
+            curves = _data_uri(Path(tmp) / "training_curves.png")
     data = run.get("data", {})
     skipped = {**data.get("skipped", {}), **encode.get("skipped", {})}
     flagged = [(p, "digital silence in some frames") for p in encode.get("silent_files", [])]
@@ -237,9 +252,10 @@ def write_report(
             "attempts": run.get("attempts", 1),
             "heldout_initial": ((run.get("heldout") or {}).get("initial") or {}).get("neg_elbo"),
             "heldout_final": ((run.get("heldout") or {}).get("final") or {}).get("neg_elbo"),
+            "window_frames": data.get("window_frames", "?"),
         },
         images={
-            "training_curves": _data_uri(eval_dir / "training_curves.png"),
+            "training_curves": curves,
             "saliency": _data_uri(eval_dir / "saliency.jpg"),
             "boundary_walk": _data_uri(eval_dir / "boundary_walk.jpg"),
             "saliency_grid": _data_uri(eval_dir / "saliency_grid.png"),

@@ -41,6 +41,7 @@ from ecovae.audio import RESAMPLER
 from ecovae.files import atomic_file
 from ecovae.logmel_cache import CachedRecording, cache_survey, logmel_sums
 from ecovae.model import SoundscapeVAE, VAEConfig, preset
+from ecovae.progress import LineProgress, interactive
 from ecovae.run import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -121,9 +122,129 @@ RESUMABLE = (
 
 
 def train_preset(name: str, **overrides) -> TrainConfig:
+    """A preset's training settings with ``overrides`` (None: the preset's), checked: a count of steps,
+    windows or frames is at least 1 and a rate is positive, so a typo never trains for ever or not at all."""
     if name not in TRAIN_PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(TRAIN_PRESETS)}")
-    return replace(TRAIN_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    tcfg = replace(TRAIN_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    at_least = {
+        "max_steps": 1,
+        "batch_size": 1,
+        "window_frames": 1,
+        "checkpoint_every": 1,
+        "val_every": 1,
+        "log_every": 1,
+        "num_workers": 0,
+        "num_nodes": 1,
+    }
+    for key, low in at_least.items():
+        if getattr(tcfg, key) < low:
+            raise ValueError(f"--{key.replace('_', '-')} must be at least {low}, not {getattr(tcfg, key)}")
+    for key in ("learning_rate", "checkpoint_minutes"):
+        if not getattr(tcfg, key) > 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be positive, not {getattr(tcfg, key)}")
+    if not 0 <= tcfg.val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), not {tcfg.val_fraction}")
+    return tcfg
+
+
+# --------------------------------------------------------------------------- how much training fits
+
+BUDGET_MINUTES = 20.0  # a laptop's coffee break: what `run` and `train` train for unless told
+# The largest preset that fits this many steps in the budget is chosen; below them a smaller preset trained for
+# longer learned the better representation (bench/README.md, "Representation benchmark").
+AUTO_MIN_STEPS = {"full": 20_000, "small": 20_000, "tiny": 1_000}
+AUTO_MAX_STEPS = 20_000
+BUDGET_SHARE = 0.85  # of the budget spent on steps: the rest goes to validation and checkpoints
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """A preset and its steps, with the time a step took when measured here."""
+
+    preset: str
+    max_steps: int
+    seconds_per_step: float
+    device: str
+
+    @property
+    def minutes(self) -> float:
+        return self.max_steps * self.seconds_per_step / BUDGET_SHARE / 60
+
+    def describe(self) -> str:
+        return (
+            f"preset {self.preset}, {self.max_steps:,} steps: about {_duration(self.minutes * 60)} on this "
+            f"{self.device} ({self.seconds_per_step:.3f} s a step, measured)"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _device(accelerator: str) -> str:
+    return "cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
+
+
+def seconds_per_step(name: str, accelerator: str = "auto", give_up_after: float | None = None) -> float:
+    """One training step of preset ``name`` timed on random windows (after a warm-up step). With
+    ``give_up_after``, a warm-up step slower than three times that is answer enough (inf): the full
+    preset on a CPU need not be timed twice to be ruled out."""
+    tcfg, device = TRAIN_PRESETS[name], _device(accelerator)
+    model = SoundscapeVAE(preset(name)).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(tcfg.batch_size, 1, tcfg.window_frames * SpectrogramConfig.frame_hops, model.cfg.n_mels)
+    x = x.to(device).contiguous(memory_format=torch.channels_last)
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        model.loss(x)["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    warm = step()
+    if give_up_after is not None and warm > 3 * give_up_after:
+        return warm
+    return min(step() for _ in range(3))
+
+
+def plan_training(
+    budget_minutes: float = BUDGET_MINUTES,
+    *,
+    preset_name: str | None = None,
+    max_steps: int | None = None,
+    accelerator: str = "auto",
+) -> TrainingPlan:
+    """What to train: ``preset_name`` for ``max_steps`` (None: the preset's own), or with no preset named the
+    largest preset that fits :data:`AUTO_MIN_STEPS` in the budget here (else tiny), for as many steps as fit
+    (at most :data:`AUTO_MAX_STEPS`)."""
+    if not budget_minutes > 0:
+        raise ValueError(f"--budget-minutes must be positive, not {budget_minutes}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"--max-steps must be at least 1, not {max_steps}")
+    seconds = budget_minutes * 60 * BUDGET_SHARE
+    device = _device(accelerator)
+    # the full preset is a GPU model (about 7 s a step on 2 cores: bench/README.md); a CPU need not time it
+    auto = [p for p in AUTO_MIN_STEPS if device == "cuda" or p != "full"]
+    candidates = [preset_name] if preset_name else auto
+    for name in candidates:
+        if name not in TRAIN_PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(TRAIN_PRESETS)}")
+        needed = None if preset_name else seconds / AUTO_MIN_STEPS[name]
+        per_step = seconds_per_step(name, accelerator, give_up_after=needed)
+        if preset_name:  # the user's choice: its own steps, whatever the budget (the caller warns)
+            return TrainingPlan(name, max_steps or TRAIN_PRESETS[name].max_steps, per_step, device)
+        if per_step * AUTO_MIN_STEPS[name] <= seconds or name == candidates[-1]:
+            steps = max_steps or int(min(AUTO_MAX_STEPS, max(1, seconds // per_step)))
+            return TrainingPlan(name, steps, per_step, device)
+    raise AssertionError("unreachable: the last candidate is always taken")
 
 
 # --------------------------------------------------------------------------- data
@@ -334,6 +455,27 @@ class RunHistory(L.Callback):
         self.previous = list(state.get("attempts", []))
 
 
+class LogProgress(L.Callback):
+    """Training's progress as lines (steps, loss, ETA) where the output is a log, not a terminal."""
+
+    def __init__(self):
+        self.lines: LineProgress | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.lines = LineProgress(trainer.max_steps, "Training", unit="steps")
+            self.lines.done = self.lines.last_done = int(trainer.global_step)  # a resumed run counts from there
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.lines is not None:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self.lines.update(int(trainer.global_step), loss=f"{float(loss):.1f}")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.lines is not None:
+            self.lines.close()
+
+
 class CheckpointOnStop(L.Callback):
     """On SIGTERM (a scheduler's notice) or Ctrl-C, save where training stopped."""
 
@@ -475,6 +617,7 @@ def _settings(run_dir: Path, tcfg: TrainConfig, mcfg: VAEConfig | None, resume: 
 
 def _trainer(run_dir: Path, tcfg: TrainConfig, history: RunHistory, has_val: bool, progress: bool) -> L.Trainer:
     ckpt_dir = run_dir / "checkpoints"
+    bar = progress and interactive()  # in a log, lines instead of a bar's redraws
     checkpoints = [
         ModelCheckpoint(
             dirpath=ckpt_dir,
@@ -505,13 +648,13 @@ def _trainer(run_dir: Path, tcfg: TrainConfig, history: RunHistory, has_val: boo
         plugins=[AtomicCheckpointIO()],
         logger=CSVLogger(run_dir, name="logs"),
         callbacks=[*checkpoints, ExportWeights(run_dir), history, CheckpointOnStop(ckpt_dir)]
-        + ([TQDMProgressBar()] if progress else []),
+        + ([TQDMProgressBar()] if bar else [LogProgress()] if progress else []),
         log_every_n_steps=tcfg.log_every,
         val_check_interval=tcfg.val_every if has_val else None,
         check_val_every_n_epoch=None,
         limit_val_batches=1.0 if has_val else 0,
         num_sanity_val_steps=0,
-        enable_progress_bar=progress,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         deterministic=False,
         use_distributed_sampler=False,  # WindowBatches gives each process its share
@@ -613,10 +756,7 @@ def train(
             module, datamodule=WindowData(data.train_ds, data.val_ds, tcfg), ckpt_path=resume_from, weights_only=True
         )
     except (SIGTERMException, KeyboardInterrupt):
-        raise TrainingStopped(
-            f"stopped at step {trainer.global_step}; saved {ckpt_dir / STOPPED_CHECKPOINT}. "
-            f"Continue with the same command and --resume"
-        ) from None
+        raise TrainingStopped(f"stopped at step {trainer.global_step}; saved {ckpt_dir / STOPPED_CHECKPOINT}") from None
 
     # The end state: final weights, joined metrics, held-out scores and the manifest.
     trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # every process calls it; the first writes
@@ -641,7 +781,11 @@ def newest_readable_checkpoint(ckpt_dir: Path) -> Path:
         raise FileNotFoundError(f"{ckpt_dir}: no checkpoint to resume from")
     for path in candidates:
         try:
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            if not isinstance(ckpt, dict) or not {"state_dict", "global_step", "pytorch-lightning_version"} <= set(
+                ckpt
+            ):
+                raise ValueError("not a Lightning checkpoint of a training run")
         except Exception as e:  # any failure to load means: not this one
             log.warning(
                 "checkpoint %s is unreadable (%s: %s); trying an older one",
@@ -695,6 +839,10 @@ def _quiet_lightning() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # a resumed run's checkpoint folder is not empty by design; a small survey has fewer batches than log lines
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended.*")
 
 
 def _devices(devices: str):
