@@ -77,7 +77,7 @@ def hardware_check(
         for k in ("recorder_plain", "target_plain", "recorder_corrected", "target_corrected")
     }
     # every fold encodes the survey again with its own offsets: the slow part, so it shows progress
-    with file_progress(len(folds.splits) + 1, "Hardware check", enabled=progress) as advance:
+    with file_progress(len(folds.splits) + 1, "Hardware check", enabled=progress, unit="encoding passes") as advance:
         plain = _moments(model, clips, None)
         advance()
         for tr, te in folds.splits:

@@ -533,7 +533,7 @@ def interpret(
     path_col = "path" if "path" in meta.columns else "first_recording"
     score = fit_linear(z[labelled], y[labelled], positive=class_b)
     of_b = np.flatnonzero(labelled.to_numpy() & (y == class_b))
-    surest = of_b[np.argsort(-score(z[of_b]), kind="stable")][: max(1, min(SALIENCY_CANDIDATES, len(of_b) // 4))]
+    surest = of_b[np.argsort(-score(z[of_b]), kind="stable")][: min(SALIENCY_CANDIDATES, max(3, len(of_b) // 4))]
     candidates = [recording] if recording else [str(meta[path_col].iloc[i]) for i in surest]
     chosen, x, activity = saliency_excerpt(candidates, root, spec)
     maps = saliency_maps(model, x, score)

@@ -59,14 +59,16 @@ def interactive(stream=None) -> bool:
 
 
 @contextmanager
-def file_progress(total: int, description: str, enabled: bool = True) -> Iterator[Callable[..., None]]:
+def file_progress(
+    total: int, description: str, enabled: bool = True, unit: str = "files"
+) -> Iterator[Callable[..., None]]:
     """Yields ``advance(files=1, **fields)``: a files bar with elapsed time, ETA and extra fields (in a log:
     :class:`LineProgress` lines)."""
     if not enabled:
         yield lambda files=1, **fields: None
         return
     if not interactive():
-        lines = LineProgress(total, description)
+        lines = LineProgress(total, description, unit=unit)
         count = [0]
 
         def log_advance(files: int = 1, **fields) -> None:
@@ -91,7 +93,7 @@ def file_progress(total: int, description: str, enabled: bool = True) -> Iterato
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("files"),
+        TextColumn(unit),
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
