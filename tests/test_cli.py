@@ -226,7 +226,7 @@ def test_run_on_a_labelled_folder_then_again_resumes_without_duplicates(tmp_path
         "--labels",
         str(survey / "labels.csv"),
         "--target",
-        "site",
+        "habitat",
         "--out",
         str(tmp_path / "o"),
     ]
@@ -237,6 +237,9 @@ def test_run_on_a_labelled_folder_then_again_resumes_without_duplicates(tmp_path
     assert "━" not in first.output  # --quiet: no progress bar
     scores = pd.read_parquet(tmp_path / "o" / "eval" / "novelty" / "novelty.parquet")
     assert scores["neg_elbo"].notna().all() and (tmp_path / "o" / "report.html").stat().st_size > 0
+    # days at a glance are per site, not per class of what is predicted
+    diel = json.loads((tmp_path / "o" / "eval" / "diel" / "diel.json").read_text())
+    assert diel["by"] == "site" and [v["group"] for v in diel["views"]] == ["site1", "site2", "site3"]
     weights = (tmp_path / "o" / "run" / "model.safetensors").read_bytes()
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output

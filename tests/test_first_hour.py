@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +67,12 @@ def test_train_in_a_log_says_its_plan_and_writes_lines_not_redraws(tmp_path):
     again = runner.invoke(app, ["train", str(lab), "--out", str(tmp_path / "run"), "--resume", "--batch-size", "16"])
     assert again.exit_code == 2 and "--batch-size 16 (the run has 8)" in again.output
     assert "--log-every" not in again.output and "Traceback" not in again.output
-    resumed = runner.invoke(app, ["train", str(lab), "--out", str(tmp_path / "run"), "--resume", "--quiet"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = runner.invoke(app, ["train", str(lab), "--out", str(tmp_path / "run"), "--resume", "--quiet"])
     assert resumed.exit_code == 0, resumed.output
+    raw = [f"{w.filename}: {w.message}" for w in caught if "lightning" in w.filename]
+    assert raw == []  # Lightning's own notes, with their site-packages paths, say nothing a user can act on
     assert json.loads((tmp_path / "run" / "run.json").read_text())["global_step"] == 30  # not 300, the preset's
 
 
@@ -136,3 +141,13 @@ def test_saliency_maps_point_at_a_planted_sound(tmp_path):
         per_frame = np.abs(attribution).reshape(frames, hops, -1).sum((1, 2))
         share = per_frame[5] / per_frame.sum()
         assert share > 2.5 / frames, f"{name}: frame 5 holds {share:.2f} of the attribution (1/8 if spread evenly)"
+
+
+def test_every_sites_diel_profile_shares_one_scale():
+    from ecovae.diel import shared_ylim
+
+    quiet = {"q25": [[0.0, 0.1], [0.0, 0.0], [0.1, 0.1]], "q75": [[0.2, 0.3], [0.1, 0.1], [0.2, 0.2]]}
+    loud = {"q25": [[-3.0, -2.0], [0.0, 0.0], [0.0, 0.0]], "q75": [[4.0, 5.0], [0.5, 0.5], [0.5, 0.5]]}
+    lo, hi = shared_ylim([quiet, loud])
+    assert lo < -3.0 and hi > 5.0  # the loud site's range, for the quiet one too: sites compare by eye
+    assert shared_ylim([]) is None
