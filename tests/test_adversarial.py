@@ -291,3 +291,26 @@ def test_labels_keep_their_types_and_a_schema_is_written(untrained_run, tmp_path
     schema = json.loads((tmp_path / "typed.labels_schema.json").read_text())
     assert {c["name"]: c["type"] for c in schema["columns"]}["hour"] == "int64"
     assert "frame_time" in schema["times"]
+
+
+def test_an_audiomoth_clock_offset_is_read_from_its_metadata(untrained_run, tmp_path):
+    """AudioMoth writes its clock's zone in the WAV comment: frame_time then has a known instant. A real
+    AudioMoth file of the corpus says UTC; one written here says UTC+2; a file without it says nothing."""
+    import soundfile as sf
+
+    root = tmp_path / "moth"
+    (root / "s").mkdir(parents=True)
+    with sf.SoundFile(root / "s" / "20190522_060000.WAV", "w", 48_000, 1, "PCM_16") as f:
+        f.comment = "Recorded at 06:00:00 22/05/2019 (UTC+2) by AudioMoth 24F319055FD95ED8 at medium gain."
+        f.write(np.zeros(48_000 * 4, np.float32) + 0.01 * np.random.default_rng(0).standard_normal(48_000 * 4))
+    write_tone(root / "s" / "20190522_070000.WAV", 4.0)
+    corpus = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "opensoundscape_field" / "audiomoth_gps.wav"
+    if corpus.is_file():
+        shutil.copy(corpus, root / "s" / "20240528_100000.WAV")
+    out = tmp_path / "moth.parquet"
+    encode(root, untrained_run, out, progress=False)
+    offsets = read_latents(out).groupby("path")["utc_offset_min"].first()
+    assert offsets["s/20190522_060000.WAV"] == 120 and pd.isna(offsets["s/20190522_070000.WAV"])
+    if corpus.is_file():
+        assert offsets["s/20240528_100000.WAV"] == 0
+    assert pq.read_schema(out).field("utc_offset_min").type == pa.int16()

@@ -56,6 +56,7 @@ class Recording:
     start_time: datetime | None = None
     labels: dict[str, str] = field(default_factory=dict)
     truncated: str | None = None  # why the file seems cut short (it is read as far as it goes)
+    utc_offset_min: int | None = None  # the recorder's clock minus UTC, where its metadata says (AudioMoth)
 
     @property
     def duration_s(self) -> float:
@@ -311,7 +312,30 @@ def open_recording(path: Path, root: Path, labels: dict[str, str] | None = None)
         n_samples=int(info.frames),
         start_time=parse_start_time(path.name),
         labels=dict(labels or {}),
+        utc_offset_min=clock_offset(path),
     )
+
+
+_AUDIOMOTH_CLOCK = re.compile(
+    r"Recorded at \d{2}:\d{2}:\d{2} \d{2}/\d{2}/\d{4} \(UTC(?:([+-])(\d{1,2})(?::?(\d{2}))?)?\)"
+)
+
+
+def clock_offset(path: Path) -> int | None:
+    """Minutes the recorder's clock is ahead of UTC, from an AudioMoth's comment ("Recorded at 06:00:00
+    22/05/2019 (UTC+2) by AudioMoth ..."): its file name's time is then known as an instant. None elsewhere."""
+    try:
+        with sf.SoundFile(str(path)) as f:
+            comment = f.comment or ""
+    except Exception:  # metadata is a bonus: a file that reads as audio but not its comment has none
+        return None
+    match = _AUDIOMOTH_CLOCK.search(comment)
+    if not match:
+        return None
+    sign, hours, minutes = match.groups()
+    if sign is None:
+        return 0
+    return (1 if sign == "+" else -1) * (int(hours) * 60 + int(minutes or 0))
 
 
 RESAMPLER = {"library": "soxr", "quality": "HQ", "mode": "streaming"}  # recorded in run.json

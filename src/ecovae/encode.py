@@ -351,6 +351,7 @@ def recording_table(
         },
         "start_time": start,
         "frame_time": frame_time,
+        "utc_offset_min": pa.array([rec.utc_offset_min] * n, pa.int16()),
         "source_sample_rate": pa.array(np.full(n, rec.sample_rate, np.int32)),
         "source_channels": pa.array(np.full(n, rec.channels, np.int16)),
         **{k: pa.array(v) for k, v in meta.items()},

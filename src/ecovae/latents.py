@@ -44,6 +44,7 @@ RESERVED = (
     "path",
     "start_time",
     "frame_time",
+    "utc_offset_min",
     "source_sample_rate",
     "source_channels",
     "clip_index",
@@ -115,8 +116,9 @@ _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\
 _OFFSET = re.compile(r"(Z|[+-][0-9]{2}:?[0-9]{2})")
 CLOCK_NOTE = (
     "the recorder's clock as its file name gives it (AudioMoth: UTC unless set otherwise; Song Meter: local "
-    "time); no time zone is stored because the name carries none"
+    "time); the instant is this minus utc_offset_min where that is known"
 )
+OFFSET_NOTE = "minutes the recorder's clock is ahead of UTC, from the file's metadata (AudioMoth); null if unknown"
 
 
 def label_types(labels: dict[str, dict[str, str]], columns: list[str]) -> dict[str, pa.DataType]:
@@ -193,7 +195,7 @@ def labels_schema(label_columns: list[str], types: dict[str, pa.DataType], sourc
     return {
         "source": source,
         "columns": [{"name": names[c], "label": c, "type": str(types[c])} for c in label_columns],
-        "times": {"start_time": CLOCK_NOTE, "frame_time": CLOCK_NOTE},
+        "times": {"start_time": CLOCK_NOTE, "frame_time": CLOCK_NOTE, "utc_offset_min": OFFSET_NOTE},
     }
 
 
@@ -213,6 +215,7 @@ def latents_schema(
         + [
             pa.field("start_time", pa.timestamp("ms"), metadata=clock),
             pa.field("frame_time", pa.timestamp("ms"), metadata=clock),
+            pa.field("utc_offset_min", pa.int16(), metadata={b"description": OFFSET_NOTE.encode()}),
             pa.field("source_sample_rate", pa.int32()),
             pa.field("source_channels", pa.int16()),
             pa.field("clip_index", pa.int32()),
