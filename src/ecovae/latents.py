@@ -317,6 +317,10 @@ def write_part(
     return final
 
 
+def _damaged(path: Path, error: Exception) -> RuntimeError:
+    return RuntimeError(f"{path} is damaged ({error}); move it away and run again: the files it held are encoded again")
+
+
 def read_index(path: Path) -> tuple[dict[str, dict], dict | None]:
     """(entries by file, identity) from a part's footer.
 
@@ -326,9 +330,7 @@ def read_index(path: Path) -> tuple[dict[str, dict], dict | None]:
     try:
         meta = pq.read_metadata(path).metadata or {}
     except (pa.ArrowException, OSError) as e:
-        raise RuntimeError(
-            f"{path} is damaged ({e}); move it away and run again: the files it held are encoded again"
-        ) from None
+        raise _damaged(path, e) from None
     if FILES_KEY in meta:
         files = json.loads(meta[FILES_KEY])
         entries = files if isinstance(files, dict) else {rel: {} for rel in files}
@@ -407,9 +409,7 @@ def load_index(layout: Layout, schema: pa.Schema, identity: dict) -> OutputIndex
         try:
             there = pq.read_schema(source)
         except (pa.ArrowException, OSError) as e:
-            raise RuntimeError(
-                f"{source} is damaged ({e}); move it away and run again: the files it held are encoded again"
-            ) from None
+            raise _damaged(source, e) from None
         if not there.equals(schema, check_metadata=False):
             theirs = {f.name: str(f.type) for f in there}
             ours = {f.name: str(f.type) for f in schema}

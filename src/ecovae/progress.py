@@ -13,13 +13,20 @@ class LineProgress:
     passed since the last line, and one at the end; a bar's redraws would fill the log."""
 
     def __init__(
-        self, total: int, description: str, unit: str = "files", stream=None, step: float = 0.1, seconds: float = 60
+        self,
+        total: int,
+        description: str,
+        unit: str = "files",
+        stream=None,
+        step: float = 0.1,
+        seconds: float = 60,
+        start: int = 0,
     ):
         self.total, self.description, self.unit = total, description, unit
         self.stream = stream or sys.stderr
         self.step, self.seconds = step, seconds
         self.t0 = self.last_time = time.monotonic()
-        self.done = self.last_done = 0
+        self.done = self.last_done = start  # a resumed job counts from where it was
         self.fields: dict = {}
 
     def update(self, done: int, **fields) -> None:

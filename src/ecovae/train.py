@@ -463,8 +463,7 @@ class LogProgress(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
-            self.lines = LineProgress(trainer.max_steps, "Training", unit="steps")
-            self.lines.done = self.lines.last_done = int(trainer.global_step)  # a resumed run counts from there
+            self.lines = LineProgress(trainer.max_steps, "Training", unit="steps", start=int(trainer.global_step))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.lines is not None:
