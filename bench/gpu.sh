@@ -7,6 +7,7 @@
 #                                        # copy of the real recordings (.gpu_data/); both git-ignored
 #   bash bench/gpu.sh                    # there (device run, carry [".whl", ".gpu_data"])
 #   DEVICE=cpu SMOKE=1 bash bench/gpu.sh # the same steps on the CPU, seconds (the test suite runs this)
+#   PRETRAIN_MINUTES=6 bash bench/gpu.sh # also pretrain with the best recipe for 6 minutes (gpu_pretrain/ in $OUT)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=${DEVICE:-cuda}
@@ -46,3 +47,15 @@ for p in 32-true bf16-mixed; do
   "$PY" train_throughput.py --device "$DEVICE" --precision "$p" --curve-steps 0 "${smoke[@]}" \
     --out "$DEST/train_throughput_${tag}_$p.json" 2>&1 | tee "$DEST/train_throughput_${tag}_$p.log"
 done
+
+# Pretraining with the best recipe (bench/pretrain.py, RECIPES), for the minutes left of the lease: the corpus is
+# the real recordings carried (.gpu_data) and simulated worlds written there; the run folder (weights at every
+# kept step, config, metrics) comes back in $DEST/gpu_pretrain to be benchmarked and shipped here.
+if [ -n "${PRETRAIN_MINUTES:-}" ]; then
+  "$PY" pretrain.py train --recipe "${RECIPE:-paper}" --preset "${PRESET:-small}" --accelerator gpu \
+    --minutes "$PRETRAIN_MINUTES" --keep-every "${KEEP_EVERY:-2000}" --work /tmp/ecovae-pretrain \
+    --worlds "${WORLDS:-60}" 2>&1 | tail -n 40 | tee "$DEST/gpu_pretrain.log"
+  mkdir -p "$DEST/gpu_pretrain"
+  run=$(ls -d /tmp/ecovae-pretrain/run_* | head -n 1)
+  cp -r "$run/weights" "$run/config.json" "$run/metrics.csv" "$DEST/gpu_pretrain/" 2>/dev/null || true
+fi

@@ -24,6 +24,7 @@ Writes bench/results/representation.json and representation.md (the table for be
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import time
@@ -39,8 +40,9 @@ from ecovae.descriptors import group_units
 from ecovae.encode import encode
 from ecovae.evaluate import evaluate_descriptors
 from ecovae.latents import read_latents
+from ecovae.pretrained import resolve_model
 from ecovae.simulate import simulate_survey
-from ecovae.train import train, train_preset
+from ecovae.train import fine_tune_settings, train, train_preset
 
 HOURS = tuple(float(h) for h in range(0, 24, 2))
 TASKS = [  # name, data, target, unit, window, rows of the latents to keep (path prefix)
@@ -73,6 +75,55 @@ def training_folder(work: Path, sim: Path) -> Path:
     return folder
 
 
+UNSATURATED = ("sim: site per site-day", "Jura: day/night per recording", "Jura: diel period per recording")
+
+
+def _wanted(task: tuple, args) -> bool:
+    return not args.unsaturated or task[0] in UNSATURATED
+
+
+def _slug(path: Path) -> str:
+    return "_".join(Path(path).resolve().parts[-2:]).replace(".", "_")
+
+
+def _steps_of(run_dir: Path) -> int | None:
+    kept = (Path(run_dir) / "model.safetensors").resolve().with_suffix(".json")  # a pretraining snapshot's record
+    for name, key in (("run.json", "global_step"), ("MODEL_CARD.json", "steps"), (kept, "step")):
+        if (Path(run_dir) / name).is_file():
+            return json.loads((Path(run_dir) / name).read_text()).get(key)
+    return None
+
+
+def _train(args, folder: Path, work: Path, train_seed: int) -> tuple[Path, dict]:
+    """Train (or resume) one model on the benchmark's data; from ``args.init``'s weights when given."""
+    run_dir = work / f"run_{args.preset}_seed{train_seed}_{args.steps}"
+    if args.train_precision != "32-true":
+        run_dir = run_dir.with_name(f"{run_dir.name}_{args.train_precision}")
+    if args.init:
+        run_dir = run_dir.with_name(f"{run_dir.name}_from_{_slug(Path(args.init))}")
+    t0 = time.time()
+    overrides = {"max_steps": args.steps, "seed": train_seed, "precision": args.train_precision}
+    if args.init:
+        overrides |= fine_tune_settings(args.init)
+    manifest = train(
+        folder,
+        run_dir,
+        train_preset(args.preset, **overrides),
+        resume=(run_dir / "checkpoints").is_dir(),
+        progress=False,
+        init=args.init if not (run_dir / "checkpoints").is_dir() else None,
+    )
+    return run_dir, {
+        "seed": train_seed,
+        "steps": manifest["global_step"],
+        "wall_time_s": manifest["wall_time_s"],
+        "heldout_neg_elbo": manifest["heldout"].get("final", {}).get("neg_elbo"),
+        "hours": manifest["data"]["hours"],
+        "this_call_s": round(time.time() - t0, 1),
+        "init": str(args.init) if args.init else None,
+    }
+
+
 def run(args) -> dict:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -82,31 +133,19 @@ def run(args) -> dict:
     models, scores, refused = [], [], {}
     baselines: dict[str, dict] = {}
     for train_seed in args.train_seeds:
-        run_dir = work / f"run_{args.preset}_seed{train_seed}_{args.steps}"
-        if args.train_precision != "32-true":
-            run_dir = run_dir.with_name(f"{run_dir.name}_{args.train_precision}")
-        t0 = time.time()
-        manifest = train(
-            folder,
-            run_dir,
-            train_preset(args.preset, max_steps=args.steps, seed=train_seed, precision=args.train_precision),
-            resume=(run_dir / "checkpoints").is_dir(),
-            progress=False,
-        )
-        models.append(
-            {
-                "seed": train_seed,
-                "steps": manifest["global_step"],
-                "wall_time_s": manifest["wall_time_s"],
-                "heldout_neg_elbo": manifest["heldout"].get("final", {}).get("neg_elbo"),
-                "hours": manifest["data"]["hours"],
-                "this_call_s": round(time.time() - t0, 1),
-            }
-        )
+        if args.model:  # a model trained elsewhere (a pretraining snapshot, the shipped one): benchmarked as it is
+            run_dir = Path(args.model)
+            models.append({"seed": train_seed, "model": str(run_dir), "steps": _steps_of(run_dir)})
+        else:
+            run_dir, info = _train(args, folder, work, train_seed)
+            models.append(info)
+        # encoded latents are kept beside a model this script trained, in the work folder for one it did not
+        out_dir = work / f"latents_{_slug(run_dir)}" if args.model else run_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
         frames = {}
         for name, (root, labels) in [(k, v) for k, v in data.items() if k in args.data]:
             for prec in args.precisions:  # fp32 first: the baselines are evaluated beside it only
-                latents = run_dir / (f"latents_{name}.parquet" if prec == "fp32" else f"latents_{name}_{prec}.parquet")
+                latents = out_dir / (f"latents_{name}.parquet" if prec == "fp32" else f"latents_{name}_{prec}.parquet")
                 try:
                     encode(root, run_dir, latents, labels, progress=False, precision=prec)
                 except ValueError as e:  # refused by its check: measured anyway, to see what the check guards
@@ -118,7 +157,7 @@ def run(args) -> dict:
                     finally:
                         precision.CHECK_COSINE = bound
                 frames[name, prec] = read_latents(latents)
-        for task, name, target, unit, window, prefix in [t for t in TASKS if t[1] in args.data]:
+        for task, name, target, unit, window, prefix in [t for t in TASKS if t[1] in args.data and _wanted(t, args)]:
             for prec in args.precisions:
                 table = frames[name, prec]
                 table = table if prefix is None else table[table["path"].str.startswith(prefix)]
@@ -206,10 +245,18 @@ def summarise(scores: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
 
 
 def markdown(table: pd.DataFrame, verdicts: list[dict], models: list[dict], args) -> str:
+    if args.model:
+        head = f"Model: {args.model} ({models[0]['steps']} steps), not trained here"
+    else:
+        head = f"Training: preset {args.preset}, {args.steps} steps, seeds {args.train_seeds}" + (
+            f", from {args.init}" if args.init else ""
+        )
+    trained = [m for m in models if "wall_time_s" in m]
     lines = [
-        f"Training: preset {args.preset}, {args.steps} steps, seeds {args.train_seeds}; "
+        head
+        + ("; " if trained else "")
         + "; ".join(
-            f"seed {m['seed']}: {m['wall_time_s']:.0f} s, held-out -ELBO {m['heldout_neg_elbo']:.1f}" for m in models
+            f"seed {m['seed']}: {m['wall_time_s']:.0f} s, held-out -ELBO {m['heldout_neg_elbo']:.1f}" for m in trained
         )
         + f". Balanced accuracy, mean ± sd over {args.cv_repeats} CV seeds × {len(args.train_seeds)} training seeds "
         "(baselines: CV seeds only).",
@@ -259,8 +306,16 @@ def main() -> None:
     )
     p.add_argument("--work", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "ecovae-bench-representation"))
     p.add_argument("--out", type=Path, default=RESULTS / "representation.json")
+    p.add_argument("--model", help="benchmark this run folder (or 'pretrained') as it is, instead of training")
+    p.add_argument("--init", help="train from this run folder's weights (or 'pretrained'): fine-tuning")
+    p.add_argument(
+        "--unsaturated", action="store_true", help="only the tasks that tell methods apart (a learning curve's points)"
+    )
     p.add_argument("--smoke", action="store_true", help="seconds, not an hour: the script runs end to end")
     args = p.parse_args()
+    args.model, args.init = (resolve_model(m) if m else None for m in (args.model, args.init))
+    if args.model:
+        args.train_seeds = args.train_seeds[:1]  # one model: its CV seeds are the spread
     if args.smoke:
         args.steps, args.train_seeds, args.cv_repeats, args.duration, args.days = 10, [0], 1, 4.0, 2
         args.hours, args.baselines, args.data = (0.0, 6.0, 12.0, 18.0), ["logmel"], ["sim"]

@@ -82,6 +82,30 @@ def test_benchmark_smoke(script, shared_data, tmp_path):
         assert [r["frames"] for r in result["rows"]] == [9, 39]
 
 
+def test_pretraining_script_trains_and_ships_a_model_card(shared_data, tmp_path):
+    """bench/pretrain.py --smoke: the corpus (real recordings less the GPL one, two worlds), a tiny model trained 4
+    steps with the recipe, its weights kept at each checkpoint, and shipped with a card that loads."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "pretrain.py"), "--smoke", "--recipe", "ema_aug", "--work", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=BENCH,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    kept = sorted(p.name for p in (tmp_path / "run_ema_aug_tiny_seed0" / "weights").glob("*.safetensors"))
+    assert kept == ["step0000002.safetensors", "step0000004.safetensors"]
+    from ecovae.run import load_model, weights_digest
+
+    shipped = tmp_path / "shipped"
+    load_model(shipped)
+    card = json.loads((shipped / "MODEL_CARD.json").read_text())
+    assert card["weights_digest"] == weights_digest(shipped) and card["steps"] == 4
+    assert any(x["path"] == "tropicalsound.wav" for x in card["corpus"]["left_out"])  # the GPL-3.0 file
+    assert card["corpus"]["simulated"]["settings"]["worlds"] == 2
+    assert "| data/maad_jura_diel | 96 | 16.0 | BSD-3-Clause |" in (shipped / "MODEL_CARD.md").read_text()
+
+
 def test_gpu_script_runs_its_steps_on_the_cpu(shared_data, tmp_path):
     """bench/gpu.sh, for a lent GPU machine, takes the same path on the CPU (smoke sizes)."""
     env = {**os.environ, "DEVICE": "cpu", "SMOKE": "1", "OUT": str(tmp_path), "PYTHON": sys.executable}

@@ -85,8 +85,16 @@ def test_quickstart_end_to_end(quickstart):
     assert {"site", "recorder_model", "diel_period"} <= set(df.columns)
     assert (out / "run" / "model.safetensors").is_file()
     assert "held-out negative ELBO" in result.output
+    # the shipped model fine-tuned on the survey, and the report says so
+    from ecovae.pretrained import pretrained_dir
+    from ecovae.run import weights_digest
+
+    parent = json.loads((out / "run" / "run.json").read_text())["parent"]
+    assert parent["weights_digest"] == weights_digest(pretrained_dir()) and "fine-tuning" in result.output
     html = (out / "report.html").read_text()
     assert "Methods card" in html and "balanced accuracy" in html
+    assert f"Fine-tuned on this survey from {pretrained_dir()} (weights {parent['weights_digest']})" in html
+    assert "ecovae&#39;s pretrained model" in html and "without this survey&#39;s species" in html
     # curves, reconstructions, confusion matrices, saliency, walk, projections: all embedded
     assert html.count("data:image/png;base64,") >= 15
     interpretation = json.loads((out / "eval" / "interpretation.json").read_text())

@@ -14,9 +14,9 @@ LAYERS = [
     {"files", "progress", "birdnet", "simulate"},  # helpers that know nothing of the pipeline
     {"audio"},
     {"spectrogram"},
-    {"survey", "plots"},
+    {"survey", "plots", "corpus"},
     {"model", "logmel_cache"},
-    {"run", "latents", "summary"},
+    {"run", "latents", "summary", "pretrained"},
     {"recorder_offsets", "precision"},
     {"train", "encode"},
     {"descriptors", "novelty", "diel"},

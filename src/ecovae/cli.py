@@ -35,6 +35,24 @@ Budget = Annotated[
     typer.Option(help="Minutes of training to plan for: sets the preset and the steps unless they are given."),
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", help="Debug messages too.")]
+MODEL_HELP = "Run folder made by 'ecovae train', or 'pretrained': the model that ships with ecovae."
+ModelDir = Annotated[Path, typer.Option("--model", help=MODEL_HELP)]
+Init = Annotated[
+    str | None,
+    typer.Option(
+        "--init",
+        help="Start from a model's weights instead of random ones (fine-tuning): 'pretrained' (the model that ships "
+        "with ecovae) or a run folder. Its preset and recipe are kept; the steps fit the budget.",
+    ),
+]
+
+
+def _model(model: Path | str) -> Path:
+    """A --model value as a folder: 'pretrained' is the shipped model's."""
+    from ecovae.pretrained import resolve_model
+
+    with _user_errors():
+        return resolve_model(model)
 
 
 def _version(value: bool) -> None:
@@ -167,6 +185,7 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
     ] = False,
+    init: Init = None,
     cache: Annotated[
         Path | None,
         typer.Option(
@@ -200,15 +219,18 @@ def train(
     )
     from ecovae.train import TrainingStopped
 
+    parent = _model(init) if init and not resume else None
     try:
         with _user_errors():
             if resume:
                 preset = _resumed_preset(out, preset, given)
+            elif parent is not None:
+                preset, given = _plan_fine_tune(parent, preset, given, budget_minutes)
             else:
                 preset, given["max_steps"] = _plan(preset, max_steps, budget_minutes, accelerator)
             tcfg = train_preset(preset, **given)
             manifest = run_training(
-                recordings, out, tcfg, labels_csv=labels, resume=resume, progress=not quiet, cache=cache
+                recordings, out, tcfg, labels_csv=labels, resume=resume, progress=not quiet, cache=cache, init=parent
             )
     except TrainingStopped as e:
         # 128 + SIGTERM: a scheduler sees the job did not finish
@@ -229,6 +251,25 @@ def _plan(preset: str | None, max_steps: int | None, budget_minutes: float, acce
         + ("" if preset else " (the preset that fits it here; --preset and --max-steps choose)")
     )
     return plan.preset, plan.max_steps
+
+
+def _plan_fine_tune(parent: Path, preset: str | None, given: dict, budget_minutes: float) -> tuple[str, dict]:
+    """(preset, settings) for a run from ``parent``'s weights: its preset and recipe, the steps that fit the budget
+    (or --max-steps), said before it starts."""
+    from ecovae.train import fine_tune_settings, plan_training
+
+    settings = fine_tune_settings(parent)
+    if preset is not None and preset != settings["preset"]:
+        _fail(f"--init {parent} is a '{settings['preset']}' model; --preset {preset} cannot start from it")
+    plan = plan_training(
+        budget_minutes,
+        preset_name=settings["preset"],
+        max_steps=given.get("max_steps"),
+        accelerator=given.get("accelerator") or "auto",
+        fit_budget=True,
+    )
+    typer.echo(f"[plan] fine-tuning {parent}: {plan.describe()}; budget {budget_minutes:g} min")
+    return plan.preset, {**settings, **{k: v for k, v in given.items() if v is not None}, "max_steps": plan.max_steps}
 
 
 def _resumed_preset(out: Path, preset: str | None, given: dict) -> str:
@@ -283,7 +324,7 @@ PrecisionOption = Annotated[
 @app.command()
 def encode(
     recordings: Annotated[Path, typer.Argument(help="Folder of recordings (searched recursively).")],
-    model: Annotated[Path, typer.Option("--model", help="Run folder made by 'ecovae train'.")],
+    model: ModelDir,
     out: Annotated[
         Path, typer.Option("--out", help="A .parquet file, or a folder for a Parquet dataset (resumes if interrupted).")
     ],
@@ -316,6 +357,7 @@ def encode(
     _setup_logging(verbose)
     from ecovae.encode import encode as run_encoding
 
+    model = _model(model)
     with _user_errors():
         offsets = None
         if correct_hardware:
@@ -428,7 +470,9 @@ def evaluate(
     recorder: Annotated[
         str | None, typer.Option(help="Recorder label column: also run the hardware check (needs --model).")
     ] = None,
-    model: Annotated[Path | None, typer.Option("--model", help="Run folder (for the hardware check).")] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Run folder, or 'pretrained' (for the hardware check).")
+    ] = None,
     recordings: Annotated[Path | None, typer.Option(help="Audio folder (default: the run's).")] = None,
     labels: Annotated[Path | None, typer.Option(help="Labels CSV of the recordings (for the hardware check).")] = None,
     baselines: Annotated[
@@ -449,6 +493,7 @@ def evaluate(
     from ecovae.evaluate import evaluate_descriptors, write_evaluation
     from ecovae.latents import read_latents
 
+    model = _model(model) if model is not None else None
     root = _recordings_root(model, recordings) if (model is not None or recordings is not None) else None
     with _user_errors():
         frames = read_latents(latents)
@@ -555,7 +600,7 @@ def _hardware(
 @app.command()
 def interpret(
     latents: Latents,
-    model: Annotated[Path, typer.Option("--model", help="Run folder made by 'ecovae train'.")],
+    model: ModelDir,
     target: Annotated[str, typer.Option(help="Label column the classifier separates.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the figures and interpretation.json.")],
     recordings: Annotated[Path | None, typer.Option(help="Audio folder (default: the run's).")] = None,
@@ -581,6 +626,7 @@ def interpret(
     from ecovae.novelty import unusual_frames
     from ecovae.run import load_model
 
+    model = _model(model)
     pair = tuple(classes.split(",")) if classes else None
     if pair is not None and len(pair) != 2:
         _fail("--classes takes two classes, 'A,B'")
@@ -613,7 +659,7 @@ def interpret(
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder.")],
+    run_dir: Annotated[Path, typer.Argument(help="Run folder, or 'pretrained' (the model that ships with ecovae).")],
     eval_dir: Annotated[Path, typer.Argument(help="Evaluation folder (evaluate / interpret --out).")],
     out: Annotated[Path, typer.Option("--out", help="HTML file to write.")] = Path("report.html"),
     audio_budget_mb: Annotated[
@@ -624,7 +670,7 @@ def report(
     from ecovae.report import write_report
 
     with _user_errors():
-        path = write_report(run_dir, eval_dir, out, audio_budget_mb=audio_budget_mb)
+        path = write_report(_model(run_dir), eval_dir, out, audio_budget_mb=audio_budget_mb)
     typer.echo(f"report: {path} (methods card also in {path.with_name('methods.json')})")
 
 
@@ -688,7 +734,8 @@ def novelty(
     latents: Annotated[Path, typer.Argument(help="Latents from 'ecovae encode'.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for novelty.parquet, the top list and excerpts.")],
     model: Annotated[
-        Path | None, typer.Option("--model", help="Run folder (for --elbo and the spectrogram settings).")
+        Path | None,
+        typer.Option("--model", help="Run folder, or 'pretrained' (for --elbo and the spectrogram settings)."),
     ] = None,
     recordings: Annotated[Path | None, typer.Option(help="Recordings folder (default: the run's).")] = None,
     top: Annotated[int, typer.Option(help="Frames in the top list.")] = NOVELTY_TOP,
@@ -708,6 +755,7 @@ def novelty(
 
     if elbo and model is None:
         _fail("--elbo needs --model RUN (the decoder)")
+    model = _model(model) if model is not None else None
     with _user_errors():
         frames = read_latents(latents)
         if recordings is None and model is not None:
@@ -765,6 +813,11 @@ def run(
     preset: Preset = None,
     budget_minutes: Budget = 20.0,
     max_steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Use this model as it is, with no training: " + MODEL_HELP),
+    ] = None,
+    init: Init = None,
     seed: int = 0,
     precision: PrecisionOption = "auto",
     device: Annotated[
@@ -782,7 +835,17 @@ def run(
     """Train, encode, evaluate, interpret and report, in one go (run it again to resume where it stopped)."""
     _setup_logging(verbose)
     analysis = Analysis(unit, window, group, precision=precision, novelty_elbo=elbo, baselines=baselines)
-    training = Training(preset, max_steps, budget_minutes, seed, device)
+    if model is not None and init is not None:
+        _fail("--model uses a model as it is; --init trains from one: give one of them")
+    training = Training(
+        preset,
+        max_steps,
+        budget_minutes,
+        seed,
+        device,
+        model=_model(model) if model is not None else None,
+        init=_model(init) if init is not None else None,
+    )
     _pipeline(recordings, out, labels, target, analysis, recorder, training, quiet)
 
 
@@ -808,6 +871,8 @@ class Training:
     budget_minutes: float = 20.0
     seed: int = 0
     device: str = "auto"
+    model: Path | None = None  # a model used as it is: nothing trained
+    init: Path | None = None  # a model whose weights training starts from (fine-tuning)
 
     @property
     def accelerator(self) -> str:
@@ -818,6 +883,25 @@ class Training:
         import torch
 
         return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+
+
+def _train_stage(recordings: Path, run_dir: Path, labels: Path | None, training: Training, resume: bool, quiet: bool):
+    from ecovae.train import train as run_training
+    from ecovae.train import train_preset
+
+    given = {"max_steps": training.max_steps, "seed": training.seed, "accelerator": training.accelerator}
+    if resume:
+        preset = _resumed_preset(run_dir, training.preset, given)
+    elif training.init is not None:
+        preset, given = _plan_fine_tune(training.init, training.preset, given, training.budget_minutes)
+    else:
+        preset, given["max_steps"] = _plan(
+            training.preset, training.max_steps, training.budget_minutes, training.accelerator
+        )
+    tcfg = train_preset(preset, **given)
+    init = training.init if not resume else None
+    manifest = run_training(recordings, run_dir, tcfg, labels_csv=labels, resume=resume, progress=not quiet, init=init)
+    _print_training(run_dir, manifest)
 
 
 def _pipeline(
@@ -840,25 +924,18 @@ def _pipeline(
     from ecovae.novelty import unusual_frames
     from ecovae.report import write_report
     from ecovae.run import load_model
-    from ecovae.train import TrainingStopped, train_preset
-    from ecovae.train import train as run_training
+    from ecovae.train import TrainingStopped
 
-    run_dir, latents, eval_dir = out / "run", out / "latents.parquet", out / "eval"
+    run_dir, latents, eval_dir = training.model or out / "run", out / "latents.parquet", out / "eval"
     resume = any((run_dir / "checkpoints").glob("*.ckpt"))
-    typer.echo(f"[train] {run_dir}/" + (" (resuming)" if resume else ""))
     a, seed = analysis, training.seed
     try:
         with _user_errors():
-            given = {"max_steps": training.max_steps, "seed": seed, "accelerator": training.accelerator}
-            if resume:
-                preset = _resumed_preset(run_dir, training.preset, given)
+            if training.model is not None:
+                typer.echo(f"[model] {run_dir}/ as it is (nothing trained)")
             else:
-                preset, given["max_steps"] = _plan(
-                    training.preset, training.max_steps, training.budget_minutes, training.accelerator
-                )
-            tcfg = train_preset(preset, **given)
-            manifest = run_training(recordings, run_dir, tcfg, labels_csv=labels, resume=resume, progress=not quiet)
-            _print_training(run_dir, manifest)
+                typer.echo(f"[train] {run_dir}/" + (" (resuming)" if resume else ""))
+                _train_stage(recordings, run_dir, labels, training, resume, quiet)
             typer.echo(f"[encode] {latents}")
             summary = run_encoding(
                 recordings,
@@ -896,7 +973,7 @@ def _pipeline(
                 recordings,
                 target,
                 eval_dir,
-                json.loads((run_dir / "run.json").read_text()),
+                json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {},
                 seed=seed,
                 frames=frames,
                 unusual=unusual_frames(eval_dir / "novelty"),
@@ -932,6 +1009,8 @@ def model_summary(
     typer.echo(format_summary(SoundscapeVAE(cfg), frames))
 
 
+QUICKSTART_FINE_TUNE_STEPS = 300  # of the shipped model on the survey: a minute or two on 2 cores
+QUICKSTART_SCRATCH_STEPS = 1000  # of a tiny model from random weights (--from-scratch)
 QUICKSTART_INDICES_SECONDS = 3.0  # the indices (slow) on each recording's first seconds only: a demo of minutes
 
 
@@ -940,7 +1019,19 @@ def quickstart(
     out: Annotated[Path, typer.Option("--out", help="Folder for the survey, the run and the latents.")] = Path(
         "ecovae-quickstart"
     ),
-    steps: Annotated[int, typer.Option(help="Training steps of the tiny model.")] = 1000,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Training steps: of the fine-tune (default {QUICKSTART_FINE_TUNE_STEPS}), or with --from-scratch "
+            f"of the tiny model (default {QUICKSTART_SCRATCH_STEPS})."
+        ),
+    ] = None,
+    from_scratch: Annotated[
+        bool,
+        typer.Option(
+            "--from-scratch", help="Train a tiny model from random weights instead of fine-tuning the shipped one."
+        ),
+    ] = False,
     duration: Annotated[float, typer.Option(help="Seconds per simulated recording.")] = 12.0,
     sites: Annotated[int, typer.Option(help="Simulated sites.")] = 4,
     habitats: Annotated[
@@ -954,7 +1045,10 @@ def quickstart(
     ] = 4,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Simulate a survey of several days and run the whole pipeline on it (tiny model): a report in minutes.
+    """Simulate a survey of several days and run the whole pipeline on it: a report in minutes.
+
+    The model is the one that ships with ecovae (pretrained on openly licensed field recordings and simulated
+    worlds without this survey's species), fine-tuned briefly on the survey; --from-scratch trains a tiny one.
 
     Sites are compared over days, as ecologists compare them: one unit per site, recorder and day.
     """
@@ -986,7 +1080,10 @@ def quickstart(
     analysis = Analysis(
         unit="site,recorder", window="1D", indices_seconds=QUICKSTART_INDICES_SECONDS, novelty_elbo=True
     )
-    training = Training(preset="tiny", max_steps=steps, seed=seed)
+    if from_scratch:
+        training = Training(preset="tiny", max_steps=steps or QUICKSTART_SCRATCH_STEPS, seed=seed)
+    else:
+        training = Training(max_steps=steps or QUICKSTART_FINE_TUNE_STEPS, seed=seed, init=_model("pretrained"))
     report_path = _pipeline(survey, out, None, "site", analysis, "recorder_model", training, quiet)
     python = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else sys.executable
     typer.echo(

@@ -73,6 +73,34 @@ def _confusions(ev: dict, eval_dir: Path) -> tuple[list, list]:
     return shown, [(n, src, "") for n, src in images.items()]
 
 
+def model_origin(run_dir: Path, run: dict) -> str:
+    """Where the model's weights came from, in a sentence: the shipped model, a fine-tune of one, or random."""
+    from ecovae.pretrained import CARD_JSON
+
+    def pretrained(folder: Path) -> str:
+        card = _read_json(Path(folder) / CARD_JSON)
+        if not card:
+            return ""
+        corpus = card.get("corpus", {})
+        sim = corpus.get("simulated", {})
+        return (
+            f" (ecovae's pretrained model '{card.get('name')}': {card.get('steps', 0):,} steps on "
+            f"{corpus.get('real_minutes', 0):.0f} minutes of openly licensed field recordings and "
+            f"{sim.get('minutes', 0) / 60:.1f} hours of simulated worlds without this survey's species)"
+        )
+
+    if (run_dir / CARD_JSON).is_file():
+        return "The model that ships with ecovae, used as it is" + pretrained(run_dir) + "."
+    parent = run.get("parent")
+    if parent:
+        return (
+            f"Fine-tuned on this survey from {parent['model']} (weights {parent['weights_digest']})"
+            + pretrained(Path(parent["model"]))
+            + "."
+        )
+    return "Trained on this survey from random weights."
+
+
 def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None) -> dict[str, dict[str, str]]:
     """What a reader asks of a deep-learning study, from the run's and the evaluation's own records."""
     run = _read_json(run_dir / "run.json")
@@ -124,6 +152,7 @@ def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None)
             "optimiser": f"AdamW, learning rate {train.get('learning_rate')}, weight decay {train.get('weight_decay')}, cosine decay",
             "batch size / steps": f"{train.get('batch_size')} / {run.get('global_step')}",
             "precision / devices": f"{train.get('precision')} / {run.get('trainer', {}).get('devices')}",
+            "initial weights": model_origin(run_dir, run),
         },
         "Software and hardware": {
             "framework": ", ".join(f"{k} {v}" for k, v in versions.items()),
@@ -247,6 +276,7 @@ def write_report(
         skipped=sorted(skipped.items()),
         flagged=flagged,
         training={
+            "origin": model_origin(run_dir, run),
             "steps": run.get("global_step", 0),
             "wall_time_s": run.get("wall_time_s", 0.0),
             "attempts": run.get("attempts", 1),

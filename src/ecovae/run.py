@@ -45,7 +45,13 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def save_weights(model: SoundscapeVAE, run_dir: Path) -> None:
-    _save_tensors(model.state_dict(), run_dir / WEIGHTS_FILE)
+    save_state(model.state_dict(), run_dir)
+
+
+def save_state(state: dict[str, torch.Tensor], run_dir: Path, name: str = WEIGHTS_FILE) -> None:
+    """A model's state dict as the run's weights (or as ``name`` in ``run_dir``)."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    _save_tensors(state, Path(run_dir) / name)
 
 
 def save_calibration(run_dir: Path, windows: torch.Tensor) -> None:

@@ -161,6 +161,15 @@ def site_profile(rng: np.random.Generator) -> DielProfile:
     )
 
 
+@dataclass(frozen=True)
+class Weather:
+    """How often it rains and aircraft pass, and how windy it is (dB added to the wind's level)."""
+
+    rain_chance: float = 0.15
+    aircraft_chance: float = 0.12
+    wind_db: float = 0.0
+
+
 def bird_activity(hour: float, profile: DielProfile = DielProfile()) -> float:
     """Dawn chorus peak, a smaller dusk peak, some song by day, none at night."""
     p = profile
@@ -344,6 +353,7 @@ def simulate_recording(
     species: dict[str, list],
     recorder: RecorderModel,
     profile: DielProfile = DielProfile(),
+    weather: Weather = Weather(),
 ) -> tuple[np.ndarray, dict[str, bool]]:
     """One mono recording (float, peak below 1) and which source kinds it holds."""
     n = int(duration_s * SR)
@@ -379,10 +389,10 @@ def simulate_recording(
             frogs_heard = True
     present["frogs"] = frogs_heard
 
-    present["rain"] = bool(rng.random() < 0.15)
+    present["rain"] = bool(rng.random() < weather.rain_chance)
     if present["rain"]:
         x += _db(rng.uniform(-40, -28)) * rain(rng, n)
-    wind_db = rng.uniform(-60, -36)
+    wind_db = rng.uniform(-60, -36) + weather.wind_db
     present["wind"] = bool(wind_db > -48)
     x += _db(wind_db) * wind(rng, n)
 
@@ -390,7 +400,7 @@ def simulate_recording(
     present["traffic"] = bool(traffic > 0.05)
     if present["traffic"]:
         x += _db(-52 + 20 * traffic) * road_traffic(rng, n, traffic)
-    present["aircraft"] = bool(rng.random() < 0.12 + 0.25 * degradation)
+    present["aircraft"] = bool(rng.random() < weather.aircraft_chance + 0.25 * degradation)
     if present["aircraft"]:
         x += _db(rng.uniform(-40, -28)) * aircraft(rng, n)
 
@@ -461,7 +471,14 @@ def _plant_events(
 def _write_recording(job: dict) -> dict[str, bool]:
     rng = np.random.default_rng(job["seed"])
     audio, present = simulate_recording(
-        rng, job["duration_s"], job["hour"], job["degradation"], job["species"], job["model"], job["profile"]
+        rng,
+        duration_s=job["duration_s"],
+        hour=job["hour"],
+        degradation=job["degradation"],
+        species=job["species"],
+        recorder=job["model"],
+        profile=job["profile"],
+        weather=job.get("weather", Weather()),
     )
     if job.get("event"):  # close to the recorder: loud, after its response
         kind, start_s, end_s, event_db = job["event"]
@@ -554,18 +571,177 @@ def simulate_survey(
                         }
                     )
     events = _plant_events(jobs, rows, rare_events, duration_s, seed, out, event_db)
-    workers = workers or min(len(jobs), os.cpu_count() or 1)
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            presents = list(pool.map(_write_recording, jobs))
-    else:
-        presents = [_write_recording(job) for job in jobs]
+    presents = _write_all(jobs, workers)
     for row, present in zip(rows, presents, strict=True):
         present["rare_event"] = row["path"] in events
         row.update({key: str(int(v)) for key, v in present.items()})
+    return _write_labels(out, rows, LABEL_COLUMNS)
+
+
+def _write_all(jobs: list[dict], workers: int | None) -> list[dict[str, bool]]:
+    """Every job's recording written (in ``workers`` processes); which sources each holds."""
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            return list(pool.map(_write_recording, jobs, chunksize=4))
+    return [_write_recording(job) for job in jobs]
+
+
+def _write_labels(out: Path, rows: list[dict], columns: tuple[str, ...]) -> Path:
     labels = out / "labels.csv"
     with labels.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", *LABEL_COLUMNS])
+        writer = csv.DictWriter(f, fieldnames=["path", *columns])
         writer.writeheader()
         writer.writerows(rows)
     return labels
+
+
+# --------------------------------------------------------------------------- randomised worlds (a pretraining corpus)
+
+SONGS = ("chirp", "whistle", "trill")
+WORLD_LABELS = ("world", "site", "degradation", "recorder_model", "hour", "species")
+
+
+def _log_near(a: float, b: float, tolerance: float) -> bool:
+    return abs(np.log(a / b)) < tolerance
+
+
+def _redraw(draw, taken) -> object:
+    """``draw()`` until it is not ``taken`` (the survey's own species stay out of a pretraining corpus)."""
+    while True:
+        x = draw()
+        if not taken(x):
+            return x
+
+
+def random_bird(rng: np.random.Generator, name: str) -> Bird:
+    """A bird of no survey species: its band and song type drawn, never a quickstart bird's song in its band."""
+
+    def draw() -> Bird:
+        centre, spread = np.exp(rng.uniform(np.log(450), np.log(10_000))), rng.uniform(1.3, 2.6)
+        lo, hi = centre / np.sqrt(spread), min(centre * np.sqrt(spread), 16_000.0)
+        return Bird(name, float(lo), float(hi), SONGS[rng.integers(3)], float(rng.uniform(3, 18)), float(rng.random()))
+
+    def taken(b: Bird) -> bool:
+        centre = np.sqrt(b.low_hz * b.high_hz)
+        return any(o.song == b.song and _log_near(centre, np.sqrt(o.low_hz * o.high_hz), 0.25) for o in BIRDS)
+
+    return _redraw(draw, taken)
+
+
+def random_insect(rng: np.random.Generator, name: str) -> Insect:
+    def draw() -> Insect:
+        carrier, pulse = np.exp(rng.uniform(np.log(2500), np.log(15_000))), np.exp(rng.uniform(np.log(5), np.log(120)))
+        return Insect(name, float(carrier), float(pulse), bool(rng.random() < 0.6))
+
+    return _redraw(
+        draw,
+        lambda x: any(
+            _log_near(x.carrier_hz, o.carrier_hz, 0.15) and _log_near(x.pulse_hz, o.pulse_hz, 0.4) for o in INSECTS
+        ),
+    )
+
+
+def random_frog(rng: np.random.Generator, name: str) -> Frog:
+    def draw() -> Frog:
+        freq, pulse = np.exp(rng.uniform(np.log(400), np.log(4000))), np.exp(rng.uniform(np.log(8), np.log(80)))
+        return Frog(name, float(freq), float(pulse), float(rng.uniform(0.6, 4.0)))
+
+    return _redraw(
+        draw,
+        lambda x: any(_log_near(x.freq_hz, o.freq_hz, 0.2) and _log_near(x.pulse_hz, o.pulse_hz, 0.4) for o in FROGS),
+    )
+
+
+def random_recorder(rng: np.random.Generator, name: str) -> RecorderModel:
+    return RecorderModel(
+        name,
+        highpass_hz=float(rng.uniform(60, 500)),
+        resonance_hz=float(np.exp(rng.uniform(np.log(800), np.log(8000)))),
+        resonance_db=float(rng.uniform(-3, 8)),
+        lowpass_hz=float(rng.uniform(8000, 20_000)),
+        noise_dbfs=float(rng.uniform(-80, -55)),
+    )
+
+
+@dataclass(frozen=True)
+class World:
+    """A region's species pool, weather and recorder, drawn at random: one of many for pretraining."""
+
+    name: str
+    species: dict
+    weather: Weather
+    recorder: RecorderModel
+
+
+def random_world(rng: np.random.Generator, name: str) -> World:
+    species = {
+        "birds": [random_bird(rng, f"{name}-bird{i}") for i in range(rng.integers(2, 11))],
+        "insects": [random_insect(rng, f"{name}-insect{i}") for i in range(rng.integers(0, 5))],
+        "frogs": [random_frog(rng, f"{name}-frog{i}") for i in range(rng.integers(0, 4))],
+    }
+    weather = Weather(float(rng.uniform(0, 0.5)), float(rng.uniform(0, 0.3)), float(rng.uniform(-6, 10)))
+    return World(name, species, weather, random_recorder(rng, f"{name}-recorder"))
+
+
+def simulate_worlds(
+    out: Path | str,
+    *,
+    worlds: int = 40,
+    sites_per_world: int = 2,
+    recordings_per_site: int = 6,
+    duration_s: float = 30.0,
+    seed: int = 1,
+    workers: int | None = None,
+) -> Path:
+    """Write a pretraining corpus from ``worlds`` randomised worlds (:func:`random_world`): in each, sites of
+    their own degradation (species dropping out, traffic rising) and diel pattern, recorded at random hours and
+    dates through the world's own recorder. None of the built-in survey's species is among them, so a model
+    pretrained here meets the quickstart's species for the first time. WORLD/SITE/YYYYMMDD_HHMMSS.WAV plus
+    labels.csv (for reading, not for training); the output depends on the seed only. Returns labels.csv."""
+    out = Path(out)
+    jobs, rows = [], []
+    for w, world_seq in enumerate(np.random.SeedSequence([seed, 0x3091D]).spawn(worlds)):
+        world_rng = np.random.default_rng(world_seq)
+        world = random_world(world_rng, f"world{w + 1:03d}")
+        for s in range(sites_per_world):
+            degradation = float(world_rng.random())
+            site_rng = np.random.default_rng(world_rng.integers(2**63))
+            species = site_species_of(world, site_rng, degradation)
+            profile = site_profile(site_rng)
+            for _ in range(recordings_per_site):
+                start = datetime(2023, 1, 1) + timedelta(
+                    days=int(site_rng.integers(365)), hours=float(site_rng.integers(96)) / 4
+                )
+                rel = f"{world.name}/site{s + 1}/{start:%Y%m%d_%H%M%S}.WAV"
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                if any(r["path"] == rel for r in rows):
+                    continue  # the same quarter-hour drawn twice at a site
+                hour = start.hour + start.minute / 60
+                jobs.append(
+                    {
+                        "path": out / rel,
+                        "seed": np.random.SeedSequence(int(site_rng.integers(2**63))),
+                        "duration_s": duration_s,
+                        "hour": hour,
+                        "degradation": degradation,
+                        "species": species,
+                        "model": world.recorder,
+                        "profile": profile,
+                        "weather": world.weather,
+                    }
+                )
+                names = ";".join(x.name for kind in ("birds", "insects", "frogs") for x in species[kind])
+                row = [world.name, f"site{s + 1}", f"{degradation:.2f}", world.recorder.name, f"{hour:g}", names]
+                rows.append({"path": rel, **dict(zip(WORLD_LABELS, row, strict=True))})
+    _write_all(jobs, workers)
+    return _write_labels(out, rows, WORLD_LABELS)
+
+
+def site_species_of(world: World, rng: np.random.Generator, degradation: float) -> dict[str, list]:
+    """A site's share of its world's species: sensitive species drop out as degradation rises."""
+    return {
+        "birds": [b for b in world.species["birds"] if rng.random() > degradation * b.sensitivity],
+        "insects": [i for i in world.species["insects"] if rng.random() > 0.5 * degradation],
+        "frogs": [f for f in world.species["frogs"] if rng.random() > 0.9 * degradation],
+    }

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
@@ -47,9 +47,12 @@ from ecovae.run import (
     METRICS_FILE,
     RUN_FILE,
     hardware_info,
+    load_model,
     package_versions,
     save_calibration,
+    save_state,
     save_weights,
+    weights_digest,
     write_json,
 )
 from ecovae.spectrogram import SpectrogramConfig
@@ -80,6 +83,14 @@ class TrainConfig:
     precision: str = "32-true"
     strategy: str = "auto"  # Lightning strategy: ddp for several devices or nodes
     num_nodes: int = 1
+    # The recipe beyond the rate (bench/README.md, "Pretraining"): all off by default, as the paper trained.
+    warmup_steps: int = 0  # linear learning-rate warm-up before the cosine decay
+    ema_decay: float = 0.0  # exponential moving average of the weights (0: none); what is saved and validated
+    gain_db: float = 0.0  # augmentation: each window's level moved by up to this many dB
+    response_db: float = 0.0  # augmentation: a smooth random recorder response of about this many dB (sd)
+    mix_chance: float = 0.0  # augmentation: the chance that a window is mixed with another of the batch
+    jitter: bool = False  # augmentation: windows start anywhere within a frame, not only on frame edges
+    keep_weights: bool = False  # keep every checkpoint's weights as weights/step<N>.safetensors (learning curves)
 
 
 TRAIN_PRESETS = {
@@ -118,6 +129,7 @@ RESUMABLE = (
     "strategy",
     "num_nodes",
     "checkpoint_minutes",
+    "keep_weights",
 )
 
 
@@ -143,9 +155,38 @@ def train_preset(name: str, **overrides) -> TrainConfig:
     for key in ("learning_rate", "checkpoint_minutes"):
         if not getattr(tcfg, key) > 0:
             raise ValueError(f"--{key.replace('_', '-')} must be positive, not {getattr(tcfg, key)}")
+    for key in ("warmup_steps", "gain_db", "response_db"):
+        if getattr(tcfg, key) < 0:
+            raise ValueError(f"{key} must be at least 0, not {getattr(tcfg, key)}")
+    for key in ("ema_decay", "mix_chance"):
+        if not 0 <= getattr(tcfg, key) < 1:
+            raise ValueError(f"{key} must be in [0, 1), not {getattr(tcfg, key)}")
     if not 0 <= tcfg.val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), not {tcfg.val_fraction}")
     return tcfg
+
+
+FINE_TUNE_RATE = 0.25  # of the parent's peak rate: a short run nudges the pretrained features, not re-learns them
+FINE_TUNE_EMA = 0.99  # a short run's average follows it within about a hundred steps
+FROM_PARENT = (
+    "preset",
+    "batch_size",
+    "window_frames",
+    "weight_decay",
+    "gain_db",
+    "response_db",
+    "mix_chance",
+    "jitter",
+)
+
+
+def fine_tune_settings(parent: Path | str) -> dict:
+    """Training settings for a run that starts from ``parent``'s weights (``train --init``): the parent's own
+    preset, batch, window and augmentation, a quarter of its rate, a short warm-up and a moving average."""
+    saved = json.loads((Path(parent) / CONFIG_FILE).read_text()).get("train", {})
+    settings = {k: saved[k] for k in FROM_PARENT if k in saved}
+    rate = saved.get("learning_rate", TRAIN_PRESETS[settings.get("preset", "tiny")].learning_rate)
+    return {**settings, "learning_rate": rate * FINE_TUNE_RATE, "warmup_steps": 50, "ema_decay": FINE_TUNE_EMA}
 
 
 # --------------------------------------------------------------------------- how much training fits
@@ -221,10 +262,11 @@ def plan_training(
     preset_name: str | None = None,
     max_steps: int | None = None,
     accelerator: str = "auto",
+    fit_budget: bool = False,
 ) -> TrainingPlan:
-    """What to train: ``preset_name`` for ``max_steps`` (None: the preset's own), or with no preset named the
-    largest preset that fits :data:`AUTO_MIN_STEPS` in the budget here (else tiny), for as many steps as fit
-    (at most :data:`AUTO_MAX_STEPS`)."""
+    """What to train: ``preset_name`` for ``max_steps`` (None: the preset's own, or with ``fit_budget`` as many as
+    fit), or with no preset named the largest preset that fits :data:`AUTO_MIN_STEPS` in the budget here (else
+    tiny), for as many steps as fit (at most :data:`AUTO_MAX_STEPS`)."""
     if not budget_minutes > 0:
         raise ValueError(f"--budget-minutes must be positive, not {budget_minutes}")
     if max_steps is not None and max_steps < 1:
@@ -239,6 +281,8 @@ def plan_training(
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(TRAIN_PRESETS)}")
         needed = None if preset_name else seconds / AUTO_MIN_STEPS[name]
         per_step = seconds_per_step(name, accelerator, give_up_after=needed)
+        if preset_name and fit_budget and max_steps is None:
+            return TrainingPlan(name, int(min(AUTO_MAX_STEPS, max(1, seconds // per_step))), per_step, device)
         if preset_name:  # the user's choice: its own steps, whatever the budget (the caller warns)
             return TrainingPlan(name, max_steps or TRAIN_PRESETS[name].max_steps, per_step, device)
         if per_step * AUTO_MIN_STEPS[name] <= seconds or name == candidates[-1]:
@@ -289,7 +333,9 @@ class WindowDataset(Dataset):
         window_frames: int,
         frame_hops: int,
         stride: int | None = 1,
+        jitter: bool = False,
     ):
+        self.jitter = frame_hops if jitter else 0  # a window may start up to half a frame either side
         self.clips = [c for r in recordings for c in r.clips]
         self.index: list[tuple[int, int, int]] = []  # (clip, first hop, hops)
         for i, c in enumerate(self.clips):
@@ -307,6 +353,9 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         clip, start, hops = self.index[i]
+        if self.jitter:
+            room = self.clips[clip].shape[0] - hops
+            start = min(room, max(0, start + int(np.random.randint(self.jitter)) - self.jitter // 2))
         return self.clips[clip][start : start + hops].unsqueeze(0)  # (1, hops, mels)
 
 
@@ -374,6 +423,39 @@ def input_statistics(recordings: list[LoadedRecording | CachedRecording]) -> tup
     return torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
 
 
+# --------------------------------------------------------------------------- augmentation
+
+NATS_PER_DB = math.log(10) / 20  # of the log-mel (log magnitude): a gain of 1 dB adds this
+
+
+def augment(x: torch.Tensor, tcfg: TrainConfig) -> torch.Tensor:
+    """The recipe's augmentations of a batch of log-mel windows (B, 1, T, F), each in the log domain: a gain
+    is a shift, a recorder's response a smooth curve over the mel bins, and two soundscapes heard together the
+    log of their summed magnitudes (the other 3 to 12 dB below)."""
+    b, f = x.shape[0], x.shape[-1]
+    shape = (b, 1, 1, 1)
+    if tcfg.gain_db:
+        x = x + (2 * torch.rand(shape, device=x.device) - 1) * tcfg.gain_db * NATS_PER_DB
+    if tcfg.response_db:  # three cosines across the band: a tilt and broad bumps, as recorder models differ
+        k = torch.arange(1, 4, device=x.device, dtype=x.dtype)[:, None]
+        basis = torch.cos(math.pi * k * torch.linspace(0, 1, f, device=x.device, dtype=x.dtype))  # (3, F)
+        curve = torch.randn(b, 3, device=x.device, dtype=x.dtype) @ basis / math.sqrt(3)  # (B, F)
+        x = x + curve[:, None, None, :] * tcfg.response_db * NATS_PER_DB
+    if tcfg.mix_chance and b > 1:
+        other = x[torch.randperm(b, device=x.device)] - (3 + 9 * torch.rand(shape, device=x.device)) * NATS_PER_DB
+        mixed = torch.rand(shape, device=x.device) < tcfg.mix_chance
+        x = torch.where(mixed, torch.logaddexp(x, other), x)
+    return x
+
+
+def learning_rate_factor(step: int, tcfg: TrainConfig) -> float:
+    """The rate's multiplier at ``step``: a linear warm-up over ``warmup_steps``, then a cosine to zero."""
+    total, warm = max(1, tcfg.max_steps), min(tcfg.warmup_steps, max(0, tcfg.max_steps - 1))
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * min(step - warm, total - warm) / max(1, total - warm)))
+
+
 # --------------------------------------------------------------------------- the module
 
 
@@ -392,6 +474,7 @@ class LitVAE(L.LightningModule):
         return cfg.beta * min(1.0, self.global_step / cfg.kl_warmup_steps)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        batch = augment(batch, self.tcfg)
         out = self.model.loss(batch.contiguous(memory_format=torch.channels_last), beta=self.beta())
         self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=False)
         self.log("loss", out["loss"].detach(), prog_bar=True, logger=False)
@@ -408,20 +491,29 @@ class LitVAE(L.LightningModule):
             lr=self.tcfg.learning_rate,
             weight_decay=self.tcfg.weight_decay,
         )
-        total = max(1, self.tcfg.max_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: learning_rate_factor(s, self.tcfg))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 class ExportWeights(L.Callback):
-    """Rewrite model.safetensors whenever a checkpoint is saved, so a killed run still has weights."""
+    """Rewrite model.safetensors whenever a checkpoint is saved, so a killed run still has weights: the
+    checkpoint's own (with a moving average of the weights, Lightning has put the average there)."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, history: RunHistory | None = None):
+        self.run_dir, self.history = run_dir, history  # with a history: every checkpoint's weights kept
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if trainer.is_global_zero:
-            save_weights(pl_module.model, self.run_dir)
+            state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+            save_state(state, self.run_dir)
+            if self.history is not None:  # with the training time to here, for a learning curve
+                name = f"step{trainer.global_step:07d}"
+                save_state(state, self.run_dir / "weights", f"{name}.safetensors")
+                seconds = sum(a["wall_time_s"] for a in self.history.attempts)
+                write_json(
+                    self.run_dir / "weights" / f"{name}.json",
+                    {"step": trainer.global_step, "seconds": seconds, "torch_threads": torch.get_num_threads()},
+                )
 
 
 STOPPED_CHECKPOINT = "stopped.ckpt"
@@ -595,7 +687,7 @@ def training_data(
         shorter,
         train_recs,
         val_recs,
-        WindowDataset(train_recs, window, spec.frame_hops),
+        WindowDataset(train_recs, window, spec.frame_hops, jitter=tcfg.jitter),
         WindowDataset(val_recs, window, spec.frame_hops, stride=None),
     )
 
@@ -646,7 +738,14 @@ def _trainer(run_dir: Path, tcfg: TrainConfig, history: RunHistory, has_val: boo
         precision=tcfg.precision,
         plugins=[AtomicCheckpointIO()],
         logger=CSVLogger(run_dir, name="logs"),
-        callbacks=[*checkpoints, ExportWeights(run_dir), history, CheckpointOnStop(ckpt_dir)]
+        # the average first: it puts its weights into the checkpoint that ExportWeights then writes
+        callbacks=[*([EMAWeightAveraging(decay=tcfg.ema_decay)] if tcfg.ema_decay else [])]
+        + [
+            *checkpoints,
+            ExportWeights(run_dir, history if tcfg.keep_weights else None),
+            history,
+            CheckpointOnStop(ckpt_dir),
+        ]
         + ([TQDMProgressBar()] if bar else [LogProgress()] if progress else []),
         log_every_n_steps=tcfg.log_every,
         val_check_interval=tcfg.val_every if has_val else None,
@@ -716,8 +815,13 @@ def train(
     resume: bool = False,
     progress: bool = True,
     cache: Path | str | None = None,
+    init: Path | str | None = None,
 ) -> dict | None:
     """Train a VAE on the recordings under ``recordings``; returns the run manifest.
+
+    With ``init`` (a run folder, such as :func:`ecovae.pretrained.pretrained_dir`), training starts from that
+    model's weights, settings and input normalisation instead of random weights (fine-tuning); config.json and
+    run.json name it and its weights' digest.
 
     Their log-mel is computed once into the cache (``cache``, default
     :func:`ecovae.logmel_cache.default_cache_dir`), and windows are read from there.
@@ -732,7 +836,13 @@ def train(
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     spec = SpectrogramConfig()  # the run's settings start here; everything after reads them from config.json
+    parent = parent_model = None
+    if init is not None and not resume:
+        parent_model, spec = load_model(init)
+        parent, mcfg = {"model": str(init), "weights_digest": weights_digest(init)}, parent_model.cfg
     tcfg, mcfg, resume_from = _settings(run_dir, tcfg, mcfg, resume)
+    if resume:
+        parent = json.loads((run_dir / CONFIG_FILE).read_text()).get("parent")
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(tcfg.seed, workers=True, verbose=False)
     data = training_data(recordings, labels_csv, spec, tcfg, cache, progress)
@@ -740,13 +850,16 @@ def train(
     module = LitVAE(mcfg.to_dict(), asdict(tcfg))
     heldout_initial = None
     if resume_from is None:
-        mean, std = input_statistics(data.train)
-        module.model.input_mean.copy_(mean)
-        module.model.input_std.copy_(std)
+        if parent_model is not None:  # its weights and the normalisation they were trained with
+            module.model.load_state_dict(parent_model.state_dict())
+        else:
+            mean, std = input_statistics(data.train)
+            module.model.input_mean.copy_(mean)
+            module.model.input_std.copy_(std)
         if rank_zero_only.rank == 0:
             heldout_initial = evaluate(module.model, data.val_ds, seed=tcfg.seed) if len(data.val_ds) else None
             config = {"model": mcfg.to_dict(), "spectrogram": spec.to_dict(), "train": asdict(tcfg)}
-            write_json(run_dir / CONFIG_FILE, {**config, "window_frames": data.window})
+            write_json(run_dir / CONFIG_FILE, {**config, "window_frames": data.window, "parent": parent})
 
     history = RunHistory(heldout_initial)
     trainer = _trainer(run_dir, tcfg, history, has_val=len(data.val_ds) > 0, progress=progress)
@@ -768,7 +881,7 @@ def train(
     combine_metrics(run_dir)
     heldout_final = evaluate(model, data.val_ds, seed=tcfg.seed) if len(data.val_ds) else None
     manifest = _manifest(recordings, labels_csv, tcfg, trainer, history, data, heldout_final)
-    write_json(run_dir / RUN_FILE, manifest)
+    write_json(run_dir / RUN_FILE, {**manifest, "parent": parent})
     return manifest
 
 
