@@ -272,7 +272,7 @@ def compare(args) -> None:
     descriptor, and its best temporal descriptor against its time average."""
     import pandas as pd
 
-    models = dict(zip(("from scratch", "pretrained", "fine-tuned"), args.compare, strict=True))
+    models = dict(zip(("from scratch", "pretrained", "fine-tuned"), args.compare, strict=False))
     rows = []
     for name, path in models.items():
         table = pd.DataFrame(json.loads((RESULTS / path).read_text())["table"])
@@ -304,9 +304,9 @@ def main() -> None:
     p.add_argument("what", nargs="?", default="train", choices=["corpus", "train", "curve", "ship", "compare"])
     p.add_argument(
         "--compare",
-        nargs=3,
-        metavar=("SCRATCH", "PRETRAINED", "FINETUNED"),
-        help="compare: representation.py results (JSON names in bench/results) of the three models",
+        nargs="+",
+        help="compare: representation.py results (JSON names in bench/results) of the models from scratch, "
+        "pretrained, and (if measured) fine-tuned",
     )
     p.add_argument("--recipe", default="paper", choices=sorted(RECIPES))
     p.add_argument("--preset", default="small")
