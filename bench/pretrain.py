@@ -25,6 +25,7 @@ from pathlib import Path
 from common import REPO, RESULTS, SHARED_DATA, write_results
 
 from ecovae.corpus import CORPUS_FILE, build_corpus
+from ecovae.model import preset as model_preset
 from ecovae.pretrained import CARD_JSON, CARD_MD
 from ecovae.run import (
     CALIBRATION_FILE,
@@ -41,10 +42,13 @@ from ecovae.spectrogram import SpectrogramConfig
 from ecovae.train import TrainConfig, calibration_windows, plan_training, train, train_preset, training_data
 
 SHARED_CORPUS = SHARED_DATA.parent / "corpus"
-# Each recipe: settings over the preset's own (ecovae.train.TrainConfig). "paper" is how every run trained
-# before: the preset's rate, a cosine to zero, no warm-up, no average, no augmentation.
+# Each recipe: settings over the preset's own (ecovae.train.TrainConfig; under "model", ecovae.model.VAEConfig's).
+# "paper" is how every run trained before: the preset's rate, a cosine to zero, no warm-up, no average, no
+# augmentation, beta 1 and no free bits.
 RECIPES = {
     "paper": {},
+    "beta_half": {"model": {"beta": 0.5}},
+    "free_bits": {"model": {"free_bits": 2.0}},
     "ema_aug": {
         "warmup_steps": 500,
         "ema_decay": 0.999,
@@ -81,6 +85,8 @@ def train_recipe(args) -> None:
         steps = plan_training(args.minutes, preset_name=args.preset, accelerator=args.accelerator, fit_budget=True)
         print(f"[plan] {steps.describe()}")
         steps = steps.max_steps
+    recipe = dict(RECIPES[args.recipe])
+    mcfg = model_preset(args.preset, **recipe.pop("model", {}))
     tcfg = train_preset(
         args.preset,
         max_steps=steps,
@@ -89,10 +95,10 @@ def train_recipe(args) -> None:
         checkpoint_every=args.keep_every,
         val_every=args.keep_every,
         keep_weights=True,
-        **RECIPES[args.recipe],
+        **recipe,
     )
     t0 = time.time()
-    manifest = train(folder, out, tcfg, resume=(out / "checkpoints").is_dir(), progress=True)
+    manifest = train(folder, out, tcfg, mcfg=mcfg, resume=(out / "checkpoints").is_dir(), progress=True)
     print(f"{manifest['global_step']} steps, {manifest['wall_time_s']:.0f} s in all ({time.time() - t0:.0f} s now)")
 
 

@@ -98,6 +98,27 @@ def test_loss_is_negative_elbo_with_separate_parts():
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+def test_free_bits_leave_a_dimension_below_the_floor_unpenalised():
+    x = torch.randn(2, 1, 2 * 192, 64)
+    torch.manual_seed(0)
+    plain = SoundscapeVAE(preset("tiny")).eval()
+    floored = SoundscapeVAE(preset("tiny", free_bits=1e6)).eval()
+    floored.load_state_dict(plain.state_dict())
+    a, b = plain.loss(x, sample=False), floored.loss(x, sample=False)
+    # the reported ELBO and KL are the same; only the training loss changes
+    torch.testing.assert_close(a["neg_elbo"], b["neg_elbo"])
+    torch.testing.assert_close(a["kl"], b["kl"])
+    latent = preset("tiny").latent_dim
+    torch.testing.assert_close(b["loss"], b["recon_nll"] + 1e6 * latent)  # every dimension under the floor
+    # so the posterior's parameters get gradient from the reconstruction alone: the KL pulls nothing to the prior
+    weight = floored.bottleneck.to_posterior.weight
+    with_floor = torch.autograd.grad(b["loss"], weight, retain_graph=True)[0]
+    recon_only = torch.autograd.grad(b["recon_nll"], weight, retain_graph=True)[0]
+    with_kl = torch.autograd.grad(b["neg_elbo"], weight)[0]
+    torch.testing.assert_close(with_floor, recon_only)
+    assert not torch.allclose(with_kl, recon_only)
+
+
 def test_logvar_has_a_floor():
     cfg = preset("tiny", logvar_floor=-4.0)
     model = SoundscapeVAE(cfg)

@@ -37,6 +37,7 @@ class VAEConfig:
     learn_decoder_sigma: bool = False
     beta: float = 1.0
     kl_warmup_steps: int = 0
+    free_bits: float = 0.0  # nats per latent dimension whose KL goes unpenalised in training (0: off, the paper)
     logvar_floor: float = -10.0
 
     def __post_init__(self) -> None:
@@ -257,9 +258,12 @@ class SoundscapeVAE(nn.Module):
         err = recon.float() - x.float()
         # Gaussian log-likelihood with decoder sigma, summed over a frame's pixels.
         nll = gaussian_nll(err, self.log_sigma).sum() / n_frames
-        kl = kl_to_prior(mu, logvar).sum() / n_frames
+        kl_dims = kl_to_prior(mu, logvar).reshape(n_frames, -1).mean(0)  # each latent dimension's, per frame
+        kl = kl_dims.sum()
+        # free bits: a dimension's KL below the floor costs nothing, so fewer dimensions collapse to the prior
+        penalised = kl_dims.clamp(min=self.cfg.free_bits).sum() if self.cfg.free_bits > 0 else kl
         return {
-            "loss": nll + beta * kl,
+            "loss": nll + beta * penalised,
             "neg_elbo": nll + kl,
             "recon_nll": nll,
             "kl": kl,
