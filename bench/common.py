@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 from ecovae.audio import find_audio_files, open_recording, read_audio
-from ecovae.run import hardware_info, package_versions
+from ecovae.host import hardware_info, package_versions
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ECOVAE_SHARED_DATA", REPO.parent / "shared" / "data"))

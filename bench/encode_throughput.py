@@ -195,10 +195,10 @@ def main() -> None:
     if birdnet.available():
         rec = open_recording(path, path.parent)
         birdnet.analyzer()  # model load is not throughput
-        _, t = timed(recording_windows, rec, "birdnet", SPEC, None)
+        _, t = timed(recording_windows, rec, "birdnet", SPEC)
         others["birdnet_rtf"] = rec.duration_s / t
     try:
-        _, t = timed(recording_windows, open_recording(path, path.parent), "indices", SPEC, None)
+        _, t = timed(recording_windows, open_recording(path, path.parent), "indices", SPEC)
         others["maad_indices_rtf"] = seconds / t
     except ImportError as e:  # a machine without scikit-maad (the GPU image)
         others["maad_indices_rtf"] = f"not measured: {e}"
@@ -217,7 +217,7 @@ def main() -> None:
             row["error"] = reason
             continue
         try:
-            (chosen, enc), row["setup_s"] = timed(precision.choose, mode, model, run, args.device)
+            (chosen, enc), row["setup_s"] = timed(precision.choose, mode, model, run, device=args.device)
         except ValueError as e:  # failed its check on the calibration windows: reported, not used
             row["error"] = str(e)
             continue

@@ -25,6 +25,7 @@ from pathlib import Path
 from common import REPO, RESULTS, SHARED_DATA, write_results
 
 from ecovae.corpus import CORPUS_FILE, build_corpus
+from ecovae.host import hardware_info, package_versions
 from ecovae.model import preset as model_preset
 from ecovae.pretrained import CARD_JSON, CARD_MD
 from ecovae.run import (
@@ -32,8 +33,6 @@ from ecovae.run import (
     CONFIG_FILE,
     RUN_FILE,
     WEIGHTS_FILE,
-    hardware_info,
-    package_versions,
     save_calibration,
     weights_digest,
     write_json,
@@ -195,7 +194,7 @@ def ship(args) -> None:
     shutil.copyfile(weights, dest / WEIGHTS_FILE)
     write_json(dest / CONFIG_FILE, {**config, "parent": None})
     folder = Path(args.work) / "corpus"
-    data = training_data(folder, None, SpectrogramConfig(**config["spectrogram"]), TrainConfig(**config["train"]))
+    data = training_data(folder, spec=SpectrogramConfig(**config["spectrogram"]), tcfg=TrainConfig(**config["train"]))
     save_calibration(dest, calibration_windows(data.train, config["spectrogram"]["frame_hops"], seed=args.seed))
     write_json(dest / RUN_FILE, _shipped_manifest(run, step, seconds, data))
     corpus_info = json.loads((folder / CORPUS_FILE).read_text())
@@ -236,7 +235,7 @@ def model_card_markdown(card: dict, table: str | None) -> str:
     lines = [
         f"# {card['name']}: the pretrained model that ships with ecovae",
         "",
-        f"The `{card['preset']}` preset of the soundscape VAE (MODEL.md's layer table; widths in "
+        f"The `{card['preset']}` preset of the soundscape VAE (the paper's layer table, docs/model.md; widths in "
         "`ecovae.model.PRESETS`), trained self-supervised (no labels) on the corpus below. Use it with "
         "`--model pretrained`, or fine-tune it on a survey with `--init pretrained`.",
         "",

@@ -34,15 +34,14 @@ import numpy as np
 import pandas as pd
 from common import RESULTS, SHARED_DATA, write_results
 
-from ecovae import precision
-from ecovae.baselines import baseline_sets
+from ecovae import pipeline, precision
 from ecovae.descriptors import group_units
-from ecovae.encode import encode
 from ecovae.evaluate import evaluate_descriptors
 from ecovae.latents import read_latents
 from ecovae.pretrained import resolve_model
+from ecovae.run import RunFolder, load_model
 from ecovae.simulate import simulate_survey
-from ecovae.train import fine_tune_settings, train, train_preset
+from ecovae.survey import open_survey
 
 HOURS = tuple(float(h) for h in range(0, 24, 2))
 TASKS = [  # name, data, target, unit, window, rows of the latents to keep (path prefix)
@@ -96,23 +95,23 @@ def _steps_of(run_dir: Path) -> int | None:
 
 def _train(args, folder: Path, work: Path, train_seed: int) -> tuple[Path, dict]:
     """Train (or resume) one model on the benchmark's data; from ``args.init``'s weights when given."""
-    run_dir = work / f"run_{args.preset}_seed{train_seed}_{args.steps}"
+    out = work / f"run_{args.preset}_seed{train_seed}_{args.steps}"
     if args.train_precision != "32-true":
-        run_dir = run_dir.with_name(f"{run_dir.name}_{args.train_precision}")
+        out = out.with_name(f"{out.name}_{args.train_precision}")
     if args.init:
-        run_dir = run_dir.with_name(f"{run_dir.name}_from_{_slug(Path(args.init))}")
+        out = out.with_name(f"{out.name}_from_{_slug(Path(args.init))}")
     t0 = time.time()
-    overrides = {"max_steps": args.steps, "seed": train_seed, "precision": args.train_precision}
-    if args.init:
-        overrides |= fine_tune_settings(args.init)
-    manifest = train(
-        folder,
-        run_dir,
-        train_preset(args.preset, **overrides),
-        resume=(run_dir / "checkpoints").is_dir(),
-        progress=False,
-        init=args.init if not (run_dir / "checkpoints").is_dir() else None,
+    preset = None if args.init else args.preset  # a fine-tune keeps its parent's
+    training = pipeline.Training(
+        preset=preset,
+        max_steps=args.steps,
+        seed=train_seed,
+        device="cpu",
+        precision=args.train_precision,
+        init=args.init,
     )
+    run_dir = pipeline.train_stage(open_survey(folder), pipeline.Settings(training=training, progress=False), out)
+    manifest = RunFolder(run_dir).manifest
     return run_dir, {
         "seed": train_seed,
         "steps": manifest["global_step"],
@@ -122,6 +121,20 @@ def _train(args, folder: Path, work: Path, train_seed: int) -> tuple[Path, dict]
         "this_call_s": round(time.time() - t0, 1),
         "init": str(args.init) if args.init else None,
     }
+
+
+def _encode(survey, run_dir: Path, latents: Path, prec: str, refused: dict) -> None:
+    settings = pipeline.Settings(encoding=pipeline.Encoding(precision=prec, device="cpu"), progress=False)
+    try:
+        pipeline.encode_stage(survey, settings, latents, run_dir=run_dir)
+    except ValueError as e:  # refused by its check: measured anyway, to see what the check guards
+        refused[prec] = str(e)
+        logging.warning("%s; encoding with the check bypassed, for the benchmark only", e)
+        bound, precision.CHECK_COSINE = precision.CHECK_COSINE, -1.0
+        try:
+            pipeline.encode_stage(survey, settings, latents, run_dir=run_dir)
+        finally:
+            precision.CHECK_COSINE = bound
 
 
 def run(args) -> dict:
@@ -142,29 +155,22 @@ def run(args) -> dict:
         # encoded latents are kept beside a model this script trained, in the work folder for one it did not
         out_dir = work / f"latents_{_slug(run_dir)}" if args.model else run_dir
         out_dir.mkdir(parents=True, exist_ok=True)
-        frames = {}
+        frames, surveys = {}, {}
         for name, (root, labels) in [(k, v) for k, v in data.items() if k in args.data]:
+            surveys[name] = open_survey(root, labels, load_model(run_dir)[1])  # once, for encoding and baselines
             for prec in args.precisions:  # fp32 first: the baselines are evaluated beside it only
                 latents = out_dir / (f"latents_{name}.parquet" if prec == "fp32" else f"latents_{name}_{prec}.parquet")
-                try:
-                    encode(root, run_dir, latents, labels, progress=False, precision=prec)
-                except ValueError as e:  # refused by its check: measured anyway, to see what the check guards
-                    refused[prec] = str(e)
-                    logging.warning("%s; encoding with the check bypassed, for the benchmark only", e)
-                    bound, precision.CHECK_COSINE = precision.CHECK_COSINE, -1.0
-                    try:
-                        encode(root, run_dir, latents, labels, progress=False, precision=prec)
-                    finally:
-                        precision.CHECK_COSINE = bound
+                _encode(surveys[name], run_dir, latents, prec, refused)
                 frames[name, prec] = read_latents(latents)
         for task, name, target, unit, window, prefix in [t for t in TASKS if t[1] in args.data and _wanted(t, args)]:
+            analysis = pipeline.Analysis(unit=unit, window=window, baselines=",".join(args.baselines))
             for prec in args.precisions:
                 table = frames[name, prec]
                 table = table if prefix is None else table[table["path"].str.startswith(prefix)]
                 units = group_units(table, unit, window)
                 if task not in baselines:  # the baselines do not depend on the model: once per task
-                    baselines[task] = baseline_sets(
-                        table, args.baselines, data[name][0], work / f"cache_{name}", unit, window
+                    baselines[task] = pipeline.baseline_features(
+                        surveys[name], table, analysis=analysis, cache=work / f"cache_{name}", progress=False
                     )
                 features = baselines[task] if prec == args.precisions[0] else None
                 for cv_seed in range(args.cv_repeats):

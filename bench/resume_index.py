@@ -18,8 +18,9 @@ from pathlib import Path
 from common import table, timed, write_results
 
 from ecovae.encode import encode
-from ecovae.latents import latents_schema, write_part
+from ecovae.latents import latents_schema
 from ecovae.model import preset
+from ecovae.parts import write_part
 from ecovae.run import init_run
 
 FILES_PER_PART = 500
@@ -50,7 +51,14 @@ def make_archive(root: Path, out: Path, run: Path, n: int) -> None:
         }
     rels = list(done)
     for i in range(0, len(rels), FILES_PER_PART):
-        write_part(out, out / "_tmp", [], {r: done[r] for r in rels[i : i + FILES_PER_PART]}, schema, identity)
+        write_part(
+            out,
+            out / "_tmp",
+            [],
+            entries={r: done[r] for r in rels[i : i + FILES_PER_PART]},
+            schema=schema,
+            identity=identity,
+        )
 
 
 def main() -> None:

@@ -64,7 +64,7 @@ def test_a_label_name_with_a_slash_still_gives_its_projection(tmp_path):
 
     rng = np.random.default_rng(0)
     meta = pd.DataFrame({"habitat/type": ["a", "b"] * 6, "site": ["s1", "s2", "s3"] * 4})
-    images = projections(rng.standard_normal((12, 5)), meta, tmp_path, ["habitat/type", "site"])
+    images = projections(rng.standard_normal((12, 5)), meta, out=tmp_path, label_columns=["habitat/type", "site"])
     slashed = [p["image"] for p in images if p["label"] == "habitat/type"]
     assert len(slashed) == 2 and all((tmp_path / name).is_file() and "/" not in name for name in slashed)
 

@@ -153,7 +153,10 @@ def hardware_survey(tmp_path_factory):
     """Two recorder models far apart in response, one of each at every site, recording around midday
     (so that the soundscape varies less than the hardware does)."""
     out = tmp_path_factory.mktemp("hardware_survey")
-    models = (RecorderModel("bright", 100, 3000, 10.0, 20000, -90), RecorderModel("dull", 400, 3000, -10.0, 4000, -90))
+    models = (
+        RecorderModel("bright", 100, 3000, 10.0, lowpass_hz=20000, noise_dbfs=-90),
+        RecorderModel("dull", 400, 3000, -10.0, lowpass_hz=4000, noise_dbfs=-90),
+    )
     simulate_survey(
         out,
         n_sites=4,
@@ -168,7 +171,7 @@ def hardware_survey(tmp_path_factory):
 
 def test_hardware_correction_lowers_recorder_predictability(untrained_run, hardware_survey):
     model, spec = load_model(untrained_run)
-    result = hardware_check(model, spec, hardware_survey, None, "recorder_model", "site", seed=0)
+    result = hardware_check(model, spec, hardware_survey, recorder="recorder_model", target="site", seed=0)
     acc = result["recorder_balanced_accuracy"]
     assert acc["without"] > 0.85
     assert acc["with"] < acc["without"] - 0.25
@@ -196,7 +199,7 @@ def test_saliency_and_boundary_walk(simulated):
     maps = saliency_maps(model, x, fit_linear(z, y, "site2"), ig_steps=8)
     for m in maps.values():
         assert m.shape == tuple(x.shape) and np.isfinite(m).all() and np.abs(m).sum() > 0
-    walk = boundary_walk(model, z, y, "site1", "site4")
+    walk = boundary_walk(model, z, y, class_a="site1", class_b="site4")
     p = np.array(walk.probabilities)
     assert np.all(np.diff(p) > 0) and p[-1] == pytest.approx(0.9)  # confident on the other side, whatever the weights
     assert all(s.shape == (2 * 192, 64) and np.isfinite(s).all() for s in walk.spectrograms)

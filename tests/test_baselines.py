@@ -34,7 +34,7 @@ def test_indices_per_window_are_cached_and_recomputed_when_a_file_changes(shared
         (root / p).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(shared_data / p, root / p)
     cache = tmp_path / "cache"
-    first = baseline_windows(root, PATHS, "indices", cache)
+    first = baseline_windows(root, PATHS, "indices", cache=cache)
     spec = SpectrogramConfig()
     # 10 s Jura files: one window each; the 20 s Borneo file: windows of 15.36 s, the last shorter
     counts = first.groupby("path")["frame_offset_s"].apply(list).to_dict()
@@ -47,7 +47,7 @@ def test_indices_per_window_are_cached_and_recomputed_when_a_file_changes(shared
     # a second call reads the cache: the same rows, and no recomputation (a corrupt file would say)
     (root / PATHS[1]).write_bytes(b"not audio any more")
     os.utime(root / PATHS[1], ns=(0, 0))
-    again = baseline_windows(root, PATHS, "indices", cache)
+    again = baseline_windows(root, PATHS, "indices", cache=cache)
     assert set(again["path"]) == {PATHS[0], PATHS[2]}  # the changed file was redone, and failed
     assert "skipped" in caplog.text and PATHS[1] in caplog.text
     np.testing.assert_array_equal(
@@ -58,7 +58,7 @@ def test_indices_per_window_are_cached_and_recomputed_when_a_file_changes(shared
 
 @pytest.mark.skipif(not birdnet.available(), reason="the birdnet extra is not installed")
 def test_birdnet_embeddings_per_3_s_window(shared_data, tmp_path):
-    table = baseline_windows(shared_data, PATHS, "birdnet", tmp_path)
+    table = baseline_windows(shared_data, PATHS, "birdnet", cache=tmp_path)
     offsets = table.groupby("path")["frame_offset_s"].apply(list).to_dict()
     assert offsets[PATHS[0]] == [0.0, 3.0, 6.0] and len(offsets[PATHS[2]]) == 6
     e = table[[c for c in table.columns if c.startswith("birdnet_")]].to_numpy()

@@ -221,10 +221,16 @@ def test_report_links_the_sounds_past_its_audio_budget(quickstart):
 
 
 @pytest.mark.slow
-def test_run_on_a_labelled_folder_then_again_resumes_without_duplicates(tmp_path):
+def test_run_on_a_labelled_folder_then_again_resumes_without_duplicates(tmp_path, monkeypatch):
     """`ecovae run`, the command for a user's own recordings: the whole pipeline with the negative ELBO asked
-    for; run again on the same folder, it trains and encodes nothing twice and every frame is there once."""
+    for; run again on the same folder, it trains and encodes nothing twice and every frame is there once.
+    Training, encoding, the indices, the hardware check, novelty and interpretation all read the audio, yet the
+    folder is searched and its labels read once a run."""
+    from ecovae import survey as surveys
     from ecovae.simulate import simulate_survey
+
+    opened, real = [], surveys.open_survey
+    monkeypatch.setattr(surveys, "open_survey", lambda root, *a, **k: opened.append(str(root)) or real(root, *a, **k))
 
     survey = tmp_path / "survey"
     simulate_survey(survey, n_sites=3, hours=(0, 12), days=2, duration_s=6.0, seed=3, rare_events=1)
@@ -239,9 +245,13 @@ def test_run_on_a_labelled_folder_then_again_resumes_without_duplicates(tmp_path
         str(tmp_path / "o"),
     ]
     args += ["--unit", "site,recorder", "--window", "1D", "--preset", "tiny", "--max-steps", "20", "--elbo", "--quiet"]
-    args += ["--baselines", "logmel"]  # the others' cost is the quickstart test's
+    args += ["--baselines", "logmel,indices", "--recorder", "recorder_model"]  # BirdNET's cost: the quickstart's
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
+    assert opened == [str(survey)]
+    hardware = json.loads((tmp_path / "o" / "eval" / "hardware.json").read_text())
+    assert hardware["n_recordings"] == len(pd.read_csv(survey / "labels.csv"))  # every recording of the one survey
+    assert "indices" in (tmp_path / "o" / "eval" / "metrics.csv").read_text()
     assert "━" not in first.output  # --quiet: no progress bar
     scores = pd.read_parquet(tmp_path / "o" / "eval" / "novelty" / "novelty.parquet")
     assert scores["neg_elbo"].notna().all() and (tmp_path / "o" / "report.html").stat().st_size > 0
@@ -252,6 +262,7 @@ def test_run_on_a_labelled_folder_then_again_resumes_without_duplicates(tmp_path
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     assert "(resuming)" in again.output
+    assert opened == [str(survey)] * 2
     assert (tmp_path / "o" / "run" / "model.safetensors").read_bytes() == weights  # not trained again
     frames = pd.read_parquet(tmp_path / "o" / "latents.parquet")
     labels = pd.read_csv(survey / "labels.csv")

@@ -28,7 +28,7 @@ CLIP_S = 39 * FRAME_S
 
 
 def frames_for(duration_s: float) -> int:
-    """MODEL.md: whole clips of 39 frames, then a shorter clip of whole frames."""
+    """docs/model.md: whole clips of 39 frames, then a shorter clip of whole frames."""
     full = math.floor(duration_s / CLIP_S + 1e-9)
     return full * 39 + math.floor((duration_s - full * CLIP_S) / FRAME_S + 1e-9)
 

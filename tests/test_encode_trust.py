@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from ecovae.audio import find_audio_files
 from ecovae.cli import app
 from ecovae.encode import encode
-from ecovae.latents import OutputBusy, summary_path
+from ecovae.latents import summary_path
+from ecovae.parts import OutputBusy
 
 from .conftest import write_tone
 from .test_encode import frames_for
@@ -70,8 +71,8 @@ def test_kill_between_the_merge_and_the_cleanup_leaves_one_row_per_frame(untrain
         "def stuck(path, *a, **k):\n"
         "    if str(path).endswith('.partial'):\n"
         "        time.sleep(3600)\n"
-        "import ecovae.latents as latents\n"
-        "latents.shutil = type('S', (), {'rmtree': staticmethod(stuck)})"
+        "import ecovae.parts as parts\n"
+        "parts.shutil = type('S', (), {'rmtree': staticmethod(stuck)})"
     )
     proc = _encoding_child(patch, root, untrained_run, out)
     partial = out.with_name(out.name + ".partial")

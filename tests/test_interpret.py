@@ -46,7 +46,7 @@ def test_band_change_says_where_the_energy_moves():
     start = np.zeros((192, SPEC.n_mels))
     end = start.copy()
     end[:, freqs >= 8000] += 1.0  # one neper more above 8 kHz
-    walk = Walk("A", "B", [0.0, 1.0], [0.1, 0.9], [start, end])
+    walk = Walk("A", "B", [0.0, 1.0], [0.1, 0.9], spectrograms=[start, end])
     per_mel, coarse = band_change(walk, SPEC)
     assert coarse["above 8 kHz"] == pytest.approx(20 / np.log(10)) and coarse["below 1 kHz"] == 0
     assert coarse["1-2 kHz"] == 0 and coarse["2-8 kHz"] == 0
@@ -70,7 +70,7 @@ def test_mel_inversion_gives_audio_of_the_right_length_that_sounds_like_the_inpu
     # the phase is invented, the spectrum is not: the band profile of the sound matches the input's
     again = log_mel(out, SPEC).numpy()
     assert np.corrcoef(again.mean(0), logmel.mean(0))[0, 1] > 0.9
-    walk = Walk("A", "B", [0.0, 1.0], [0.2, 0.9], [logmel, logmel + 1.0])
+    walk = Walk("A", "B", [0.0, 1.0], [0.2, 0.9], spectrograms=[logmel, logmel + 1.0])
     names = write_walk_audio(walk, SPEC, tmp_path)
     quiet, loud = (sf.read(tmp_path / n)[0] for n in names)
     assert len(quiet) == len(loud) == round(len(out) * 32_000 / SPEC.sample_rate)

@@ -11,19 +11,30 @@ PACKAGE = Path(ecovae.__file__).parent
 
 # The pipeline, bottom to top: a module may import modules of lower layers only.
 LAYERS = [
-    {"files", "progress", "birdnet", "simulate"},  # helpers that know nothing of the pipeline
+    {
+        "files",
+        "progress",
+        "birdnet",
+        "simulate",
+        "outputs",
+        "options",
+        "host",
+    },  # helpers that know nothing of the pipeline
     {"audio"},
     {"spectrogram"},
     {"survey", "plots", "corpus"},
-    {"model", "logmel_cache"},
+    {"model", "logmel_cache", "excerpts"},
     {"run", "latents", "summary", "pretrained"},
-    {"recorder_offsets", "precision"},
-    {"train", "encode"},
+    {"recorder_offsets", "precision", "parts"},
+    {"train", "file_encoding"},
+    {"encode_ray"},
+    {"encode"},
     {"descriptors", "novelty", "diel"},
     {"baselines"},
     {"evaluate"},
     {"hardware", "interpret"},
     {"report"},
+    {"pipeline"},
     {"cli"},
     {"__main__"},
 ]
@@ -62,7 +73,7 @@ def test_no_module_imports_a_later_stage():
 
 def test_only_training_and_the_command_line_use_the_training_code():
     users = {p.stem for p in PACKAGE.glob("*.py") if "train" in ecovae_imports(p)}
-    assert users <= {"cli"}
+    assert users <= {"cli", "pipeline"}
 
 
 def test_the_library_leaves_the_users_plotting_backend_alone(tmp_path):
@@ -74,9 +85,29 @@ def test_the_library_leaves_the_users_plotting_backend_alone(tmp_path):
         "import matplotlib; matplotlib.use('pdf')\n"
         "import numpy as np, ecovae.cli, ecovae.report\n"
         "from ecovae import plots\n"
-        f"plots.confusion(np.array([[3, 1], [0, 4]]), ['a', 'b'], 'test', __import__('pathlib').Path({str(tmp_path / 'c.png')!r}))\n"
+        f"plots.confusion(np.array([[3, 1], [0, 4]]), ['a', 'b'], 'test', path=__import__('pathlib').Path({str(tmp_path / 'c.png')!r}))\n"
         "print(matplotlib.get_backend())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "pdf"
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_file_the_documentation_cites_is_in_the_repository():
+    import re
+
+    repo = PACKAGE.parents[1]
+    docs = [repo / "README.md", *sorted((repo / "docs").glob("*.md")), repo / "bench" / "README.md"]
+    cited = {
+        (doc, name)
+        for doc in docs
+        for name in re.findall(r"[\w./-]+\.(?:md|py|sh|png|json|toml)\b", doc.read_text())
+        if "/" in name or name.endswith(".md")
+    }
+    missing = [
+        f"{doc.name}: {name}"
+        for doc, name in sorted(cited)
+        if not any((base / name).exists() for base in (repo, doc.parent, repo / "src" / "ecovae", repo / "bench"))
+        and not name.startswith(("http", "/", "~", "."))
+    ]
+    assert len(cited) > 20 and missing == []

@@ -1,4 +1,4 @@
-"""The model against MODEL.md's layer table, and the objective."""
+"""The model against the paper's layer table, docs/model.md, and the objective."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from ecovae.model import SoundscapeVAE, VAEConfig, clip_from_frames, frames_from_clip, preset
 from ecovae.summary import model_stages
 
-# MODEL.md, "Layers": output C x T x F per 192-hop frame, in table order.
+# docs/model.md, "Layers": output C x T x F per 192-hop frame, in table order.
 TABLE = [
     ("input", (1, 192, 64)),
     ("pre-processing", (32, 192, 64)),

@@ -201,7 +201,7 @@ def test_negative_elbo_is_kept_per_recording_and_computed_again_only_where_neede
 
     def elbo():
         read.clear()
-        return novelty.neg_elbo_per_frame(model, spec, tmp_path / "rec", frames, cache)
+        return novelty.neg_elbo_per_frame(model, spec, tmp_path / "rec", frames=frames, cache=cache)
 
     first = elbo()
     assert sorted(read) == paths and np.isfinite(first).all()

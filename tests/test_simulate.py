@@ -105,11 +105,13 @@ def test_rare_events_are_planted_where_events_csv_says_and_nowhere_else(survey, 
 def test_dawn_chorus_is_in_the_bird_bands_and_degradation_adds_low_noise():
     species = {"birds": list(BIRDS), "insects": [], "frogs": []}
     sm4 = RECORDER_MODELS[1]
-    dawn, _ = simulate_recording(np.random.default_rng(0), 20, 6.0, 0.0, species, sm4)
-    night, _ = simulate_recording(np.random.default_rng(0), 20, 1.0, 0.0, species, sm4)
+    dawn, _ = simulate_recording(np.random.default_rng(0), 20, 6.0, degradation=0.0, species=species, recorder=sm4)
+    night, _ = simulate_recording(np.random.default_rng(0), 20, 1.0, degradation=0.0, species=species, recorder=sm4)
     assert band_level(dawn, 2000, 9000) > band_level(night, 2000, 9000) + 10
-    intact, _ = simulate_recording(np.random.default_rng(1), 20, 8.0, 0.0, species, sm4)
-    degraded, present = simulate_recording(np.random.default_rng(1), 20, 8.0, 1.0, species, sm4)
+    intact, _ = simulate_recording(np.random.default_rng(1), 20, 8.0, degradation=0.0, species=species, recorder=sm4)
+    degraded, present = simulate_recording(
+        np.random.default_rng(1), 20, 8.0, degradation=1.0, species=species, recorder=sm4
+    )
     assert present["traffic"]
     assert band_level(degraded, 50, 1000) > band_level(intact, 50, 1000) + 6
 

@@ -1,4 +1,4 @@
-"""Log-mel clips as MODEL.md's "Input" table says, on real files."""
+"""Log-mel clips as the "Input" table of docs/model.md says, on real files."""
 
 from __future__ import annotations
 

@@ -187,8 +187,8 @@ def test_window_batches_have_one_length_and_share_an_epoch_between_processes():
     for batch in WindowBatches(ds.lengths, 4, shuffle=True, seed=0):
         assert len({ds.lengths[i] for i in batch}) == 1
         torch.stack([ds[i] for i in batch])  # stacks: one length
-    seen = [sorted(i for b in WindowBatches(ds.lengths, 4, True, 0, 3, r) for i in b) for r in range(3)]
-    counts = [len(list(WindowBatches(ds.lengths, 4, True, 0, 3, r))) for r in range(3)]
+    seen = [sorted(i for b in WindowBatches(ds.lengths, 4, True, 0, replicas=3, rank=r) for i in b) for r in range(3)]
+    counts = [len(list(WindowBatches(ds.lengths, 4, True, 0, replicas=3, rank=r))) for r in range(3)]
     assert len(set(counts)) == 1  # every process the same number of batches: none waits for ever
     covered = set().union(*map(set, seen))
     full = {i for b in WindowBatches(ds.lengths, 4, True, 0) for i in b}

@@ -390,7 +390,7 @@ def read_audio(rec: Recording, target_rate: int = 48_000) -> np.ndarray:
     return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
 
 
-def read_excerpt(rec: Recording, start_s: float, seconds: float, rate: int) -> np.ndarray:
+def read_excerpt(rec: Recording, start_s: float, seconds: float, *, rate: int) -> np.ndarray:
     """``seconds`` of mono float32 audio at ``rate`` from ``start_s`` (clamped to the file): to listen to a frame."""
     start = min(max(0, int(round(start_s * rec.sample_rate))), rec.n_samples)
     n = max(0, min(int(round(seconds * rec.sample_rate)), rec.n_samples - start))

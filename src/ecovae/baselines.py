@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ecovae.audio import Recording, iter_blocks
+from ecovae.audio import BadAudio, Recording, iter_blocks
 from ecovae.descriptors import Units, group_units
 from ecovae.files import file_stats, read_file_cache, write_file_cache
 from ecovae.latents import RESERVED, feature_columns, is_feature_column
 from ecovae.spectrogram import SpectrogramConfig
-from ecovae.survey import open_survey
+from ecovae.survey import Survey, as_survey
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +76,20 @@ def acoustic_indices(audio: np.ndarray, sample_rate: int = 48_000) -> pd.Series:
 
 
 def recording_windows(
-    rec: Recording, kind: str, spec: SpectrogramConfig = SpectrogramConfig(), indices_seconds: float | None = None
+    rec: Recording, kind: str, spec: SpectrogramConfig = SpectrogramConfig(), *, indices_seconds: float | None = None
 ):
     """(offsets, (n, k) values, names) of one recording."""
     if kind == "indices":
         rows, offsets = [], []
         windows = _windows(
-            rec, spec.sample_rate, INDICES_FRAMES * spec.frame_samples, spec.frame_samples, indices_seconds
+            rec, spec.sample_rate, INDICES_FRAMES * spec.frame_samples, spec.frame_samples, max_seconds=indices_seconds
         )
         for offset, audio in windows:
             rows.append(acoustic_indices(audio, spec.sample_rate))
             offsets.append(offset)
-        names = list(rows[0].index) if rows else []
-        return offsets, np.array([r.to_numpy() for r in rows]).reshape(len(rows), -1), names
+        if not rows:
+            raise BadAudio(rec.path, f"no window for the indices: under one frame ({spec.frame_seconds:.3f} s) read")
+        return offsets, np.stack([r.to_numpy() for r in rows]), list(rows[0].index)
     if kind == "birdnet":
         from ecovae import birdnet
 
@@ -109,9 +110,10 @@ def _settings(kind: str, spec: SpectrogramConfig, indices_seconds: float | None)
 
 
 def baseline_windows(
-    root: Path | str,
+    recordings: Survey | Path | str,
     paths: list[str],
     kind: str,
+    *,
     cache: Path | str | None = None,
     spec: SpectrogramConfig = SpectrogramConfig(),
     indices_seconds: float | None = None,
@@ -126,15 +128,15 @@ def baseline_windows(
     costs about 0.1 s per second of audio). The indices run in ``workers`` processes
     (default: one per core); BirdNET in this one (its interpreter has its own threads).
     """
-    root = Path(root)
+    root = recordings.root if isinstance(recordings, Survey) else Path(recordings)
     settings = _settings(kind, spec, indices_seconds)
     cache_file = Path(cache) / f"{kind}.parquet" if cache else None
     stats = file_stats(root, paths)  # a file gone: the survey reader says so
-    cached = read_file_cache(cache_file, "ecovae_baseline", settings, stats) if cache_file else pd.DataFrame()
+    cached = read_file_cache(cache_file, "ecovae_baseline", settings, stats=stats) if cache_file else pd.DataFrame()
     fresh = set(cached["path"]) if len(cached) else set()
     todo = [p for p in paths if p not in fresh]
     frames, names = [cached], None
-    survey = open_survey(root, spec=spec, rels=todo)
+    survey = as_survey(recordings, spec=spec, rels=todo)
     read = partial(recording_windows, kind=kind, spec=spec, indices_seconds=indices_seconds)
     # the indices in worker processes; BirdNET in this one (its interpreter has its own threads)
     n_workers = (workers or os.cpu_count() or 1) if kind == "indices" and len(todo) >= 8 else 1
@@ -149,7 +151,7 @@ def baseline_windows(
         pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
     )
     if cache_file is not None and todo and len(table):
-        write_file_cache(cache_file, table, "ecovae_baseline", settings, {"ecovae_names": names or []})
+        write_file_cache(cache_file, table, "ecovae_baseline", settings=settings, meta={"ecovae_names": names or []})
     if table.empty:
         return table
     table = table[table["path"].isin(set(paths))].drop(columns=["_size", "_mtime_ns"])
@@ -160,7 +162,7 @@ def baseline_windows(
     return table[finite].reset_index(drop=True)
 
 
-def baseline_units(windows: pd.DataFrame, latents: pd.DataFrame, kind: str, unit=None, window=None) -> Units:
+def baseline_units(windows: pd.DataFrame, latents: pd.DataFrame, kind: str, *, unit=None, window=None) -> Units:
     """A baseline's windows as units of analysis, with the labels and times of the latents' recordings."""
     labels = [c for c in latents.columns if c not in RESERVED and not is_feature_column(c)]
     per_recording = latents[["path", "start_time", *labels]].drop_duplicates("path")
@@ -173,7 +175,8 @@ def baseline_units(windows: pd.DataFrame, latents: pd.DataFrame, kind: str, unit
 def baseline_sets(
     latents: pd.DataFrame,
     kinds,
-    root: Path | str | None,
+    recordings: Survey | Path | str | None,
+    *,
     cache: Path | str | None = None,
     unit=None,
     window=None,
@@ -182,7 +185,8 @@ def baseline_sets(
     progress: bool = False,
 ) -> dict[str, Units]:
     """name -> the baseline's units (the same units as the latents'): log-mel from the latents themselves,
-    the others from the audio under ``root`` (computed once, cached in ``cache``)."""
+    the others from the survey's audio (``recordings``: a :class:`~ecovae.survey.Survey` or a folder; computed
+    once, cached in ``cache``)."""
     from ecovae import birdnet
 
     unknown = set(kinds) - set(BASELINES)
@@ -199,13 +203,15 @@ def baseline_sets(
         if kind == "birdnet" and not birdnet.available():
             log.warning("BirdNET baseline skipped: install the extra, pip install 'ecovae[birdnet]'")
             continue
-        if root is None:
+        if recordings is None:
             log.warning("%s baseline skipped: it needs the audio (--recordings or --model)", kind)
             continue
         paths = latents["path"].drop_duplicates().tolist()
-        windows = baseline_windows(root, paths, kind, cache, spec, indices_seconds, progress)
+        windows = baseline_windows(
+            recordings, paths, kind, cache=cache, spec=spec, indices_seconds=indices_seconds, progress=progress
+        )
         if windows.empty:
             log.warning("%s baseline skipped: no file gave a window", kind)
             continue
-        out[kind] = baseline_units(windows, latents, kind, unit, window)
+        out[kind] = baseline_units(windows, latents, kind, unit=unit, window=window)
     return out

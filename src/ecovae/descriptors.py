@@ -38,6 +38,11 @@ class Units:
     some label values (site, recorder, ...), optionally within one time window
     (a day, say). Point features (the log-mel band means) have log var = -inf:
     variance 0, so every descriptor treats them as it treats posteriors.
+
+    >>> import numpy as np, pandas as pd
+    >>> units = Units([np.zeros((3, 4)), np.zeros((2, 4))], pd.DataFrame({"unit": ["a", "b"]}), latent_dim=2)
+    >>> [len(f) for f in units.frames], units.features
+    ([3, 2], 'vae')
     """
 
     frames: list[np.ndarray]
@@ -84,8 +89,31 @@ def _values(frames: pd.DataFrame, features: str) -> tuple[np.ndarray, int]:
     return np.concatenate([values, logvar], 1), len(cols)
 
 
+def _in_windows(frames: pd.DataFrame, window: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The frames with the start of their time window (``window_start``), and those without a time counted per
+    recording (left out, and logged)."""
+    if "frame_time" not in frames.columns:
+        raise ValueError("--window needs frame times; this table has no frame_time column")
+    try:
+        freq = pd.tseries.frequencies.to_offset(window)
+        starts = pd.to_datetime(frames["frame_time"]).dt.floor(freq)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"--window {window!r} is not a fixed pandas frequency such as 1D, 12h, 30min ({e})") from None
+    no_time = starts.isna().to_numpy()
+    unplaced: dict[str, int] = {}
+    if no_time.any():
+        unplaced = frames.loc[no_time, "path"].value_counts().astype(int).to_dict()
+        log.warning(
+            "%d frames of %d recordings have no time (no date in the file name?): left out of the %s windows",
+            int(no_time.sum()),
+            len(unplaced),
+            window,
+        )
+    return frames.assign(window_start=starts)[~no_time], unplaced
+
+
 def group_units(
-    frames: pd.DataFrame, unit: str | Sequence[str] | None = None, window: str | None = None, features: str = "vae"
+    frames: pd.DataFrame, unit: str | Sequence[str] | None = None, window: str | None = None, *, features: str = "vae"
 ) -> Units:
     """Group a per-frame table (latents, or a baseline's windows) into units of analysis, frames in time order.
 
@@ -93,6 +121,15 @@ def group_units(
     ``window``: a pandas frequency ("1D", "6h") cutting each unit by ``frame_time``
     (one unit per site and day, say). Frames without a time cannot be placed in a
     window: they are left out, counted in ``unplaced`` and logged, never silently.
+
+    >>> import numpy as np, pandas as pd
+    >>> rng = np.random.default_rng(0)
+    >>> frames = pd.DataFrame({"path": ["a.wav"] * 3 + ["b.wav"] * 2, "frame_in_recording": [0, 1, 2, 0, 1],
+    ...                        "site": ["s1"] * 3 + ["s2"] * 2, "mu_000": rng.normal(size=5),
+    ...                        "mu_001": rng.normal(size=5), "logvar_000": np.zeros(5), "logvar_001": np.zeros(5)})
+    >>> units = group_units(frames, "site")
+    >>> list(units.meta["unit"]), [len(f) for f in units.frames], units.latent_dim
+    (['s1', 's2'], [3, 2], 2)
     """
     keys = parse_unit(unit)
     missing = [c for c in keys if c not in frames.columns]
@@ -104,25 +141,7 @@ def group_units(
     frames = frames.assign(_row=np.arange(len(frames)))
     unplaced: dict[str, int] = {}
     if window:
-        if "frame_time" not in frames.columns:
-            raise ValueError("--window needs frame times; this table has no frame_time column")
-        try:
-            freq = pd.tseries.frequencies.to_offset(window)
-            starts = pd.to_datetime(frames["frame_time"]).dt.floor(freq)
-        except (ValueError, TypeError) as e:
-            raise ValueError(
-                f"--window {window!r} is not a fixed pandas frequency such as 1D, 12h, 30min ({e})"
-            ) from None
-        no_time = starts.isna().to_numpy()
-        if no_time.any():
-            unplaced = frames.loc[no_time, "path"].value_counts().astype(int).to_dict()
-            log.warning(
-                "%d frames of %d recordings have no time (no date in the file name?): left out of the %s windows",
-                int(no_time.sum()),
-                len(unplaced),
-                window,
-            )
-        frames = frames.assign(window_start=starts)[~no_time]
+        frames, unplaced = _in_windows(frames, window)
         keys = [*keys, "window_start"]
     if not keys:
         keys = ["path"]
@@ -155,7 +174,9 @@ def group_units(
         meta["n_recordings"] = frames.groupby(codes, sort=False)["path"].nunique().to_numpy()
         meta["first_recording"] = first["path"].to_numpy()  # to show (saliency) and to trace a unit
     meta["n_frames"] = ends - starts_
-    return Units([values[rows[s:e]] for s, e in zip(starts_, ends, strict=True)], meta, dim, features, unplaced)
+    return Units(
+        [values[rows[s:e]] for s, e in zip(starts_, ends, strict=True)], meta, dim, features, unplaced=unplaced
+    )
 
 
 def _split(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -221,7 +242,13 @@ class _Descriptor(TransformerMixin, BaseEstimator):
 
 
 class TimeAveraged(_Descriptor):
-    """Mean of mu over a unit's frames: (n_units, D)."""
+    """Mean of mu over a unit's frames: (n_units, D).
+
+    >>> import numpy as np
+    >>> unit = np.array([[0.0, 2.0, 0.0, 0.0], [2.0, 4.0, 0.0, 0.0]])  # two frames: mu (2) | log var (2)
+    >>> TimeAveraged().fit_transform([unit])
+    array([[1., 3.]])
+    """
 
     prefixes = ("mean",)
 
@@ -230,7 +257,13 @@ class TimeAveraged(_Descriptor):
 
 
 class MixtureMoments(_Descriptor):
-    """Mean and variance per dimension of the mixture (1/T) sum_t N(mu_t, sigma_t^2): (n_units, 2D)."""
+    """Mean and variance per dimension of the mixture (1/T) sum_t N(mu_t, sigma_t^2): (n_units, 2D).
+
+    >>> import numpy as np
+    >>> unit = np.array([[0.0, 2.0, 0.0, 0.0], [2.0, 4.0, 0.0, 0.0]])  # two frames, unit variances
+    >>> MixtureMoments().fit_transform([unit])  # mean, then variance: 1 within frames + 1 between them
+    array([[1., 3., 2., 2.]], dtype=float32)
+    """
 
     prefixes = ("mean", "var")
 
@@ -295,8 +328,18 @@ class MixtureSampleClassifier(ClassifierMixin, BaseEstimator):
 DESCRIPTORS = ("mean", "moments", "mixture")
 
 
-def describe(recs: Units, kind: str, n_samples: int = 64, seed: int = 0) -> pd.DataFrame:
-    """One row per recording (``mean``, ``moments``) or per mixture sample (``mixture``), with labels."""
+def describe(recs: Units, kind: str, n_samples: int = 64, *, seed: int = 0) -> pd.DataFrame:
+    """One row per recording (``mean``, ``moments``) or per mixture sample (``mixture``), with labels.
+
+    >>> import numpy as np, pandas as pd
+    >>> rng = np.random.default_rng(0)
+    >>> frames = pd.DataFrame({"path": ["a.wav"] * 3 + ["b.wav"] * 2, "frame_in_recording": [0, 1, 2, 0, 1],
+    ...                        "site": ["s1"] * 3 + ["s2"] * 2, "mu_000": rng.normal(size=5),
+    ...                        "mu_001": rng.normal(size=5), "logvar_000": np.zeros(5), "logvar_001": np.zeros(5)})
+    >>> table = describe(group_units(frames), "moments")
+    >>> list(table.columns)  # per recording: its labels, then the mean and variance of each dimension
+    ['unit', 'path', 'site', 'n_frames', 'mean_000', 'mean_001', 'var_000', 'var_001']
+    """
     d = recs.latent_dim
     if kind == "mean":
         values, names = TimeAveraged().fit_transform(recs.frames), [f"mean_{i:03d}" for i in range(d)]

@@ -21,6 +21,7 @@ from sklearn.decomposition import PCA
 from ecovae import plots
 from ecovae.files import safe_name
 from ecovae.latents import is_feature_column, silent_frames, value_columns
+from ecovae.outputs import DIEL_FILE
 
 
 @dataclass
@@ -35,7 +36,7 @@ class DielView:
 
 
 def diel_views(
-    frames: pd.DataFrame, by: str | None = "site", bin_minutes: int = 30, seed: int = 0
+    frames: pd.DataFrame, by: str | None = "site", bin_minutes: int = 30, *, seed: int = 0
 ) -> tuple[list[DielView], dict]:
     """The false-colour image and diel profile per value of ``by`` (one view of everything if None), and the
     shared settings (explained variance, colour scale). Frames without a time or silent are left out."""
@@ -79,7 +80,7 @@ def diel_views(
             for k in range(3):
                 for key, value in zip(("median", "q25", "q75"), q[:, k], strict=True):
                     stats[key][k].append(float(value))
-        views.append(DielView(group, days, image, {"hours": [float(h) for h in hours], **stats}, int(own.sum())))
+        views.append(DielView(group, days, image, {"hours": [float(h) for h in hours], **stats}, frames=int(own.sum())))
     settings = {
         "by": by,
         "bin_minutes": bin_minutes,
@@ -111,8 +112,8 @@ def write_diel(views: list[DielView], settings: dict, out: Path | str) -> dict:
     for v in views:
         name = f"diel_{safe_name(v.group)}.png"
         title = f"{settings['by'] or 'survey'} {v.group}: {len(v.days)} days, {v.frames} frames"
-        plots.diel(v.image, v.days, v.profile, title, out / name, ylim=ylim)
+        plots.diel(v.image, v.days, v.profile, title=title, path=out / name, ylim=ylim)
         images.append({"group": v.group, "image": name, "days": v.days, "frames": v.frames, "profile": v.profile})
     summary = {**settings, "views": images}
-    (out / "diel.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / DIEL_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -39,6 +39,7 @@ from ecovae.descriptors import (
     TimeAveraged,
     Units,
 )
+from ecovae.outputs import EVALUATION_FILE, METRICS_FILE, PER_CLASS_FILE, PER_FOLD_FILE, PREDICTIONS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ MAX_CLASSES = 200  # more values than this is an identifier or a measurement, no
 
 
 def make_folds(
-    meta: pd.DataFrame, target: str, group: str | None = None, n_splits: int = 5, seed: int = 0
+    meta: pd.DataFrame, target: str, group: str | None = None, *, n_splits: int = 5, seed: int = 0
 ) -> tuple[Folds, np.ndarray]:
     """Stratified folds of whole groups (default: each unit its own group).
 
@@ -129,7 +130,7 @@ def make_folds(
     k = int(min(n_splits, groups_per_class.drop(small.index).min()))
     splitter = StratifiedGroupKFold(n_splits=max(2, k), shuffle=True, random_state=seed)
     splits = list(splitter.split(np.zeros(len(y)), y, groups))
-    return Folds(target, group, y, groups, splits, classes, dropped, unlabelled), keep
+    return Folds(target, group, y, groups, splits=splits, classes=classes, dropped=dropped, unlabelled=unlabelled), keep
 
 
 def _shorten(d: dict, n: int = 8) -> str:
@@ -224,16 +225,55 @@ def _align(units: Units, others: dict[str, Units]) -> tuple[Units, dict[str, Uni
         pos = {k: i for i, k in enumerate(u.meta["unit"])}
         idx = [pos[k] for k in units.meta["unit"] if k in common]
         return Units(
-            [u.frames[i] for i in idx], u.meta.iloc[idx].reset_index(drop=True), u.latent_dim, u.features, u.unplaced
+            [u.frames[i] for i in idx],
+            u.meta.iloc[idx].reset_index(drop=True),
+            u.latent_dim,
+            u.features,
+            unplaced=u.unplaced,
         )
 
     return take(units), {k: take(v) for k, v in others.items()}, left_out
+
+
+def _scored(key: dict, proba: np.ndarray, folds, names: np.ndarray) -> dict:
+    """One feature set x descriptor x classifier scored from its cross-validated probabilities: the summary row,
+    per fold, per class, the confusion matrix and the predictions."""
+    classes = folds.classes
+    fold_rows, fold_of = [], np.zeros(len(proba), int)
+    for f, (_, te) in enumerate(folds.splits):
+        fold_of[te] = f
+        pred = np.array(classes)[proba[te].argmax(1)]
+        fold_rows.append({**key, "fold": f, "n_test": len(te), **_scores(folds.y[te], pred, proba[te], classes)})
+    pred = np.array(classes)[proba.argmax(1)]
+    per_fold = pd.DataFrame(fold_rows)
+    row = {**key, **_scores(folds.y, pred, proba, classes)}
+    for m in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc"):
+        row[f"{m}_fold_mean"] = per_fold[m].mean()
+        row[f"{m}_fold_sd"] = per_fold[m].std(ddof=1) if len(per_fold) > 1 else np.nan
+    p, r, f1, support = precision_recall_fscore_support(folds.y, pred, labels=classes, zero_division=0)
+    per_class = [
+        {**key, "class": c, "precision": p[i], "recall": r[i], "f1": f1[i], "support": int(support[i])}
+        for i, c in enumerate(classes)
+    ]
+    predictions = pd.DataFrame(
+        {
+            **key,
+            "unit": names,
+            "fold": fold_of,
+            "true": folds.y,
+            "predicted": pred,
+            **{f"p_{c}": proba[:, i] for i, c in enumerate(classes)},
+        }
+    )
+    confusion = confusion_matrix(folds.y, pred, labels=classes)
+    return {"row": row, "folds": fold_rows, "classes": per_class, "confusion": confusion, "predictions": predictions}
 
 
 def evaluate_descriptors(
     units: Units,
     target: str,
     group: str | None = None,
+    *,
     kinds=DESCRIPTORS,
     n_splits: int = 5,
     seed: int = 0,
@@ -245,11 +285,24 @@ def evaluate_descriptors(
 
     ``units`` are the VAE's; ``features`` adds other per-frame feature sets (name -> the same
     units, e.g. the log-mel band means), each described by the same ``kinds``.
+
+    >>> import numpy as np, pandas as pd
+    >>> from ecovae import group_units
+    >>> rng = np.random.default_rng(0)
+    >>> n = 12  # recordings of 4 frames, half in each habitat, the habitats far apart in mu
+    >>> habitat = np.repeat(["forest", "farm"], n // 2 * 4)
+    >>> mu = rng.normal(size=(n * 4, 2)) + np.where(habitat == "forest", 5.0, -5.0)[:, None]
+    >>> frames = pd.DataFrame({"path": np.repeat([f"r{i}.wav" for i in range(n)], 4), "habitat": habitat,
+    ...                        "mu_000": mu[:, 0], "mu_001": mu[:, 1], "logvar_000": 0.0, "logvar_001": 0.0})
+    >>> ev = evaluate_descriptors(group_units(frames), "habitat", n_splits=3, kinds=("mean",),
+    ...                           classifier_names=["logreg"])
+    >>> ev.n_units, ev.n_folds, float(ev.summary["balanced_accuracy"].iloc[0])
+    (12, 3, 1.0)
     """
     sets = {units.features: units, **(features or {})}
     units, others, left_out = _align(units, {k: v for k, v in sets.items() if k != units.features})
     sets = {units.features: units, **others}
-    folds, keep = make_folds(units.meta, target, group or "unit", n_splits, seed)
+    folds, keep = make_folds(units.meta, target, group or "unit", n_splits=n_splits, seed=seed)
     names = units.meta["unit"].to_numpy()[keep]
     classes = folds.classes
     all_classifiers = classifiers(seed)
@@ -264,57 +317,31 @@ def evaluate_descriptors(
                     model_for(kind, clf, seed), X, folds.y, cv=folds.splits, method="predict_proba"
                 )
                 key = {"features": feats, "descriptor": kind, "classifier": clf_name}
-                fold_of = np.zeros(len(X), int)
-                for f, (_, te) in enumerate(folds.splits):
-                    fold_of[te] = f
-                    pred = np.array(classes)[proba[te].argmax(1)]
-                    fold_rows.append(
-                        {**key, "fold": f, "n_test": len(te), **_scores(folds.y[te], pred, proba[te], classes)}
-                    )
-                pred = np.array(classes)[proba.argmax(1)]
-                per_fold = pd.DataFrame(fold_rows[-len(folds.splits) :])
-                row = {**key, **_scores(folds.y, pred, proba, classes)}
-                for m in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc"):
-                    row[f"{m}_fold_mean"] = per_fold[m].mean()
-                    row[f"{m}_fold_sd"] = per_fold[m].std(ddof=1) if len(per_fold) > 1 else np.nan
-                rows.append(row)
-                p, r, f1, support = precision_recall_fscore_support(folds.y, pred, labels=classes, zero_division=0)
-                class_rows += [
-                    {**key, "class": c, "precision": p[i], "recall": r[i], "f1": f1[i], "support": int(support[i])}
-                    for i, c in enumerate(classes)
-                ]
-                confusion[(feats, kind, clf_name)] = confusion_matrix(folds.y, pred, labels=classes)
-                pred_rows.append(
-                    pd.DataFrame(
-                        {
-                            **key,
-                            "unit": names,
-                            "fold": fold_of,
-                            "true": folds.y,
-                            "predicted": pred,
-                            **{f"p_{c}": proba[:, i] for i, c in enumerate(classes)},
-                        }
-                    )
-                )
+                one = _scored(key, proba, folds, names)
+                rows.append(one["row"])
+                fold_rows += one["folds"]
+                class_rows += one["classes"]
+                confusion[(feats, kind, clf_name)] = one["confusion"]
+                pred_rows.append(one["predictions"])
     chance = chance_levels(folds, seed)
     return Evaluation(
         target,
         folds.group,
         classes,
         pd.DataFrame(rows),
-        pd.DataFrame(fold_rows),
-        pd.DataFrame(class_rows),
-        confusion,
-        pd.concat(pred_rows, ignore_index=True),
-        chance,
-        len(keep),
-        len(folds.splits),
-        folds.dropped,
-        unit,
-        left_out,
-        dict(units.unplaced),
-        {name: describe_classifier(clf) for name, clf in chosen.items()},
-        folds.unlabelled,
+        per_fold=pd.DataFrame(fold_rows),
+        per_class=pd.DataFrame(class_rows),
+        confusion=confusion,
+        predictions=pd.concat(pred_rows, ignore_index=True),
+        chance=chance,
+        n_units=len(keep),
+        n_folds=len(folds.splits),
+        dropped=folds.dropped,
+        unit=unit,
+        left_out_units=left_out,
+        unplaced=dict(units.unplaced),
+        classifiers={name: describe_classifier(clf) for name, clf in chosen.items()},
+        unlabelled=folds.unlabelled,
     )
 
 
@@ -358,7 +385,7 @@ def verdict(summary: pd.DataFrame, ours: str = "vae") -> dict:
 
 
 def write_evaluation(
-    ev: Evaluation, out: Path | str, latents: Path | str | None = None, notes: dict[str, str] | None = None
+    ev: Evaluation, out: Path | str, latents: Path | str | None = None, *, notes: dict[str, str] | None = None
 ) -> Path:
     """metrics.csv, per_fold.csv, per_class.csv, predictions.parquet, confusion_*.csv, evaluation.json;
     confusion matrix pictures for the best row of each feature set."""
@@ -366,10 +393,10 @@ def write_evaluation(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ev.summary.to_csv(out / "metrics.csv", index=False)
-    ev.per_fold.to_csv(out / "per_fold.csv", index=False)
-    ev.per_class.to_csv(out / "per_class.csv", index=False)
-    ev.predictions.to_parquet(out / "predictions.parquet", index=False)
+    ev.summary.to_csv(out / METRICS_FILE, index=False)
+    ev.per_fold.to_csv(out / PER_FOLD_FILE, index=False)
+    ev.per_class.to_csv(out / PER_CLASS_FILE, index=False)
+    ev.predictions.to_parquet(out / PREDICTIONS_FILE, index=False)
     best = (
         ev.summary.sort_values("balanced_accuracy", ascending=False, kind="stable")
         .groupby("features", sort=False)
@@ -387,7 +414,7 @@ def write_evaluation(
             out / f"{stem}_normalised.csv"
         )
         if (feats, kind, clf) in pictured:
-            plots.confusion(cm, ev.classes, f"{ev.target}: {feats} {kind} / {clf}", out / f"{stem}.png")
+            plots.confusion(cm, ev.classes, f"{ev.target}: {feats} {kind} / {clf}", path=out / f"{stem}.png")
             images[f"{feats} {kind} / {clf}"] = f"{stem}.png"
     info = {
         "latents": str(Path(latents).resolve()) if latents else None,
@@ -410,5 +437,5 @@ def write_evaluation(
         "frames_without_time": {"frames": sum(ev.unplaced.values()), "recordings": sorted(ev.unplaced)},
         **verdict(ev.summary),
     }
-    (out / "evaluation.json").write_text(json.dumps(info, indent=2, default=float) + "\n")
+    (out / EVALUATION_FILE).write_text(json.dumps(info, indent=2, default=float) + "\n")
     return out

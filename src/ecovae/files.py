@@ -72,7 +72,7 @@ def file_stats(root: Path, paths) -> dict[str, tuple[int, int] | None]:
     return stats
 
 
-def read_file_cache(cache_file: Path, key: str, settings: dict, stats: dict):
+def read_file_cache(cache_file: Path, key: str, settings: dict, *, stats: dict):
     """The rows of a per-file cache (``path``, ``_size``, ``_mtime_ns`` beside the values) made with these
     ``settings`` (schema metadata ``key``) whose file is unchanged; an empty table where there is none, it was
     made otherwise or it cannot be read (logged)."""
@@ -98,7 +98,7 @@ def read_file_cache(cache_file: Path, key: str, settings: dict, stats: dict):
     return cached[np.array(ok, bool)]
 
 
-def write_file_cache(cache_file: Path, table, key: str, settings: dict, meta: dict | None = None) -> None:
+def write_file_cache(cache_file: Path, table, key: str, *, settings: dict, meta: dict | None = None) -> None:
     """Write a per-file cache (atomically), its ``settings`` under the schema metadata ``key``."""
     import json
 

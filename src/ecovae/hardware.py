@@ -23,7 +23,7 @@ from ecovae.model import SoundscapeVAE
 from ecovae.progress import file_progress
 from ecovae.recorder_offsets import RecorderOffsets, spectra_table
 from ecovae.spectrogram import SpectrogramConfig
-from ecovae.survey import open_survey
+from ecovae.survey import Survey, as_survey
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,11 @@ def _moments(model: SoundscapeVAE, clips: list[list], offsets: list[np.ndarray] 
 def hardware_check(
     model: SoundscapeVAE,
     spec: SpectrogramConfig,
-    root: Path,
-    labels_csv: Path | None,
+    recordings: Survey | Path | str,
+    *,
     recorder: str,
     target: str,
+    labels_csv: Path | None = None,
     n_splits: int = 5,
     seed: int = 0,
     cache: Path | str | None = None,
@@ -60,14 +61,14 @@ def hardware_check(
     same recordings, nothing is decoded again.
     """
     model = model.eval()
-    recordings = cache_survey(open_survey(root, labels_csv, spec), cache)
+    recordings = cache_survey(as_survey(recordings, labels_csv, spec), cache)
     clips = [r.clips for r in recordings]
     spectra = np.stack([(s / n).astype(np.float32) for n, s, _ in (r.statistics() for r in recordings)])
     meta = pd.DataFrame([{"path": r.relpath, **r.labels} for r in recordings])
     for col in (recorder, target):
         if col not in meta.columns:
             raise ValueError(f"no label column {col!r} for the hardware check")
-    folds, keep = make_folds(meta, target, None, n_splits, seed)
+    folds, keep = make_folds(meta, target, None, n_splits=n_splits, seed=seed)
     rec = meta[recorder].astype(str).to_numpy()[keep]
     y = folds.y
     clips = [clips[i] for i in keep]

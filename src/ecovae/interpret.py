@@ -33,15 +33,17 @@ import torch
 from sklearn.preprocessing import StandardScaler
 
 from ecovae import plots
-from ecovae.audio import BadAudio, open_recording, read_excerpt
+from ecovae.audio import BadAudio, open_recording
 from ecovae.descriptors import MixtureMoments, TimeAveraged, Units
 from ecovae.evaluate import linear_classifier
+from ecovae.excerpts import write_excerpts
 from ecovae.files import safe_name
 from ecovae.latents import silent_frames, value_columns
 from ecovae.logmel_cache import cache_survey
-from ecovae.model import SoundscapeVAE
+from ecovae.model import SoundscapeVAE, mean_loss
+from ecovae.outputs import INTERPRETATION_FILE
 from ecovae.spectrogram import SpectrogramConfig
-from ecovae.survey import open_survey, recording_clips
+from ecovae.survey import Survey, as_survey, recording_clips
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ def fit_linear(z: np.ndarray, y: np.ndarray, positive: str) -> LinearScore:
 # --------------------------------------------------------------------------- reconstruction
 
 
-def first_clip(rec_path: Path, root: Path, spec: SpectrogramConfig, max_frames: int | None = None) -> torch.Tensor:
+def first_clip(rec_path: Path, root: Path, spec: SpectrogramConfig, *, max_frames: int | None = None) -> torch.Tensor:
     """The first clip's log-mel, (hops, mels), optionally cut to whole frames."""
     x = recording_clips(open_recording(rec_path, root), spec, max_clips=1)[0].logmel
     if max_frames:
@@ -82,36 +84,30 @@ def first_clip(rec_path: Path, root: Path, spec: SpectrogramConfig, max_frames: 
 @torch.no_grad()
 def reconstruction_metrics(
     model: SoundscapeVAE,
-    root: Path,
-    paths: list[str],
-    spec: SpectrogramConfig,
+    recordings: Survey,
+    *,
     out: Path,
     n_images: int = 3,
     seed: int = 0,
 ) -> dict:
-    """Per-pixel MSE and MAE, Gaussian log-likelihood, KL and negative ELBO per frame on held-out recordings."""
+    """Per-pixel MSE and MAE, Gaussian log-likelihood, KL and negative ELBO per frame on held-out recordings
+    (``recordings``: the survey of those alone, :meth:`~ecovae.survey.Survey.subset`)."""
     torch.manual_seed(seed)
-    totals, frames, images = {}, 0, []
-    for rec in cache_survey(open_survey(root, spec=spec, rels=paths)):  # read once for training: not decoded again
-        rel, clips = rec.relpath, [c[0 : c.shape[0]] for c in rec.clips]
-        for clip in clips:
-            x = clip[None, None]
-            parts = model.loss(x)
-            n = clip.shape[0] // spec.frame_hops
-            for k, v in parts.items():
-                totals[k] = totals.get(k, 0.0) + float(v) * n
-            frames += n
-        if len(images) < n_images and clips:
-            x = clips[0][: 8 * spec.frame_hops]
-            recon, _, _ = model(x[None, None], sample=False)
-            name = f"reconstruction_{len(images)}.jpg"
-            plots.reconstruction(x.numpy(), recon[0, 0].numpy(), rel, out / name)
-            images.append({"path": rel, "image": name})
+    spec = recordings.spec
+    recs = cache_survey(recordings)  # read once for training: not decoded again
+    # a cached clip is read from disk by slicing it whole
+    m, frames = mean_loss(model, (clip[0 : clip.shape[0]][None, None] for rec in recs for clip in rec.clips))
     if not frames:
         return {"frames": 0, "images": []}
-    m = {k: v / frames for k, v in totals.items()}
+    images = []
+    for rec in [r for r in recs if r.clips][:n_images]:
+        x = rec.clips[0][: 8 * spec.frame_hops]
+        recon, _, _ = model(x[None, None], sample=False)
+        name = f"reconstruction_{len(images)}.jpg"
+        plots.reconstruction(x.numpy(), recon[0, 0].numpy(), rec.relpath, path=out / name)
+        images.append({"path": rec.relpath, "image": name})
     return {
-        "recordings": len(paths),
+        "recordings": len(recordings.files),
         "frames": frames,
         "mse_per_pixel": m["mse"],
         "mae_per_pixel": m["mae"],
@@ -174,6 +170,7 @@ def saliency_maps(
     model: SoundscapeVAE,
     x: torch.Tensor,
     score: LinearScore,
+    *,
     ig_steps: int = 16,
     smooth_samples: int = 8,
     seed: int = 0,
@@ -258,6 +255,7 @@ def boundary_walk(
     model: SoundscapeVAE,
     z: np.ndarray,
     y: np.ndarray,
+    *,
     class_a: str,
     class_b: str,
     probabilities=WALK_PROBABILITIES,
@@ -271,7 +269,7 @@ def boundary_walk(
     probs = 1 / (1 + np.exp(-score(points)))
     zt = torch.as_tensor(points, dtype=torch.float32)[:, None].repeat(1, frames, 1)  # (steps, frames, D)
     decoded = model.eval().decode(zt)[:, 0].numpy()
-    return Walk(class_a, class_b, distances.tolist(), probs.tolist(), list(decoded))
+    return Walk(class_a, class_b, distances.tolist(), probs.tolist(), spectrograms=list(decoded))
 
 
 def band_change(walk: Walk, spec: SpectrogramConfig) -> tuple[np.ndarray, dict[str, float]]:
@@ -288,7 +286,7 @@ def band_change(walk: Walk, spec: SpectrogramConfig) -> tuple[np.ndarray, dict[s
     return per_mel, coarse
 
 
-def mel_to_audio(logmel: np.ndarray, spec: SpectrogramConfig, n_iter: int = 32, seed: int = 0) -> np.ndarray:
+def mel_to_audio(logmel: np.ndarray, spec: SpectrogramConfig, n_iter: int = 32, *, seed: int = 0) -> np.ndarray:
     """Audio (spec.sample_rate) of a (hops, mels) log-mel spectrogram: mel inversion and Griffin-Lim phase.
 
     One sample per hop x hop length, finite. A sound to hear where energy moves, not the recording."""
@@ -317,7 +315,7 @@ def mel_to_audio(logmel: np.ndarray, spec: SpectrogramConfig, n_iter: int = 32, 
     return np.nan_to_num(audio).astype(np.float32)
 
 
-def write_walk_audio(walk: Walk, spec: SpectrogramConfig, out: Path, rate: int = 32_000) -> list[str]:
+def write_walk_audio(walk: Walk, spec: SpectrogramConfig, out: Path, *, rate: int = 32_000) -> list[str]:
     """Each step as Ogg Vorbis (``rate`` Hz: the mels end at 15 kHz), one gain for all steps so that
     loudness changes along the walk stay audible."""
     import soundfile as sf
@@ -333,55 +331,6 @@ def write_walk_audio(walk: Walk, spec: SpectrogramConfig, out: Path, rate: int =
         sf.write(out / name, (a * gain * fade[: len(a)]).astype(np.float32), rate, format="OGG", subtype="VORBIS")
         names.append(name)
     return names
-
-
-# --------------------------------------------------------------------------- excerpts to listen to
-
-EXCERPT_RATE = 24_000  # Hz: the mels end at 15 kHz, and 24 kHz keeps everything below 12 kHz; small to embed
-CONTEXT_S = 1.5  # seconds either side of the frame: a frame alone is too short to recognise a sound
-
-
-def write_excerpt(root: Path, path: str, offset_s: float, frame_s: float, out: Path, name: str) -> dict:
-    """The frame at ``offset_s`` of ``path`` with CONTEXT_S either side, as Ogg Vorbis (peak-normalised, the gain
-    recorded) and its spectrogram with the frame marked: ``out/<name>.ogg`` and ``.jpg`` (``name`` may hold a
-    subfolder; the returned file names are relative to ``out``). Raises BadAudio if the file cannot be read now."""
-    import soundfile as sf
-
-    (out / name).parent.mkdir(parents=True, exist_ok=True)
-    rec = open_recording(root / path, root)
-    start = max(0.0, offset_s - CONTEXT_S)
-    audio = read_excerpt(rec, start, offset_s + frame_s + CONTEXT_S - start, EXCERPT_RATE)
-    peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
-    gain = 0.9 / peak if peak > 0 else 1.0
-    sf.write(out / f"{name}.ogg", audio * gain, EXCERPT_RATE, format="OGG", subtype="VORBIS")
-    plots.excerpt(
-        audio,
-        EXCERPT_RATE,
-        (offset_s - start, offset_s - start + frame_s),
-        f"{path} @ {offset_s:.1f} s",
-        out / f"{name}.jpg",
-    )
-    return {
-        "path": path,
-        "frame_offset_s": float(offset_s),
-        "start_s": start,
-        "end_s": start + len(audio) / EXCERPT_RATE,
-        "gain_db": float(20 * np.log10(gain)),
-        "audio": f"{name}.ogg",
-        "image": f"{name}.jpg",
-    }
-
-
-def write_excerpts(root: Path, frame_s: float, out: Path, wanted: list[tuple[str, str, float, dict]]) -> list[dict]:
-    """Each (name, path, frame offset, extra fields) wanted as an excerpt (:func:`write_excerpt`), with the extra
-    fields added. A file gone or broken since encoding is logged and left out; the others are still written."""
-    rows = []
-    for name, path, offset_s, extra in wanted:
-        try:
-            rows.append({**extra, **write_excerpt(root, path, float(offset_s), frame_s, out, name)})
-        except Exception as e:
-            log.warning("excerpt left out: %s", e)
-    return rows
 
 
 def _spread(candidates: pd.DataFrame, order: np.ndarray, n: int) -> list[int]:
@@ -401,7 +350,7 @@ TYPICAL = 0.9  # "most sure" exemplars come from the class's frames this close t
 
 
 def exemplar_frames(
-    frames: pd.DataFrame, classifier, target: str, per_class: int = 2, unusual: pd.DataFrame | None = None
+    frames: pd.DataFrame, classifier, target: str, *, per_class: int = 2, unusual: pd.DataFrame | None = None
 ) -> list[tuple]:
     """For each class of ``target``: the ``per_class`` frames nearest the class's mean latent, and the
     ``per_class`` frames the (time-averaged latent) ``classifier`` gives the class the highest probability
@@ -455,23 +404,29 @@ def exemplar_frames(
 def exemplars(
     frames: pd.DataFrame,
     classifier,
+    *,
     target: str,
-    root: Path,
-    spec: SpectrogramConfig,
+    survey: Survey,
     out: Path,
     per_class: int = 2,
     unusual: pd.DataFrame | None = None,
 ) -> list[dict]:
     """:func:`exemplar_frames`, each written as an excerpt to hear (Ogg and its spectrogram) under ``out``."""
-    wanted = exemplar_frames(frames, classifier, target, per_class, unusual)
-    return write_excerpts(root, spec.frame_seconds, out, wanted)
+    wanted = exemplar_frames(frames, classifier, target, per_class=per_class, unusual=unusual)
+    return write_excerpts(survey.root, wanted, frame_s=survey.spec.frame_seconds, out=out)
 
 
 # --------------------------------------------------------------------------- projections
 
 
 def projections(
-    features: np.ndarray, meta: pd.DataFrame, out: Path, label_columns: list[str], seed: int = 0, max_labels: int = 6
+    features: np.ndarray,
+    meta: pd.DataFrame,
+    *,
+    out: Path,
+    label_columns: list[str],
+    seed: int = 0,
+    max_labels: int = 6,
 ) -> list[dict]:
     """PCA and UMAP of the features, one figure per method and label (the first ``max_labels`` with 2-12 values)."""
     from sklearn.decomposition import PCA
@@ -488,7 +443,7 @@ def projections(
         values = meta[col].astype(str)
         for method, c in coords.items():
             name = f"projection_{method.lower()}_{safe_name(col)}.png"
-            plots.projection(c, values, f"{method} of moments descriptors, by {col}", out / name)
+            plots.projection(c, values, f"{method} of moments descriptors, by {col}", path=out / name)
             images.append({"method": method, "label": col, "image": name})
     return images
 
@@ -499,8 +454,8 @@ def projections(
 def interpret(
     recs: Units,
     model: SoundscapeVAE,
-    spec: SpectrogramConfig,
-    root: Path,
+    *,
+    recordings: Survey | Path | str,
     target: str,
     out: Path,
     run_info: dict | None = None,
@@ -511,9 +466,13 @@ def interpret(
     unusual: pd.DataFrame | None = None,
 ) -> dict:
     """Write every interpretation figure into ``out`` and return (and save) interpretation.json; with the
-    per-frame latents (``frames``), exemplars of each class to listen to (never among the ``unusual`` frames)."""
+    per-frame latents (``frames``), exemplars of each class to listen to (never among the ``unusual`` frames).
+
+    ``recordings``: the survey (a :class:`~ecovae.survey.Survey` or its folder), read with the model's
+    spectrogram settings (``model.spec``, or the survey's own)."""
     out.mkdir(parents=True, exist_ok=True)
-    meta = recs.meta
+    survey = as_survey(recordings)
+    spec, meta = survey.spec, recs.meta
     if target not in meta.columns:
         raise ValueError(f"no label column {target!r}")
     labelled = meta[target].notna() & (meta[target].astype(str) != "")
@@ -526,27 +485,66 @@ def interpret(
     info: dict = {"target": target, "classes": [class_a, class_b]}
 
     val = (run_info or {}).get("data", {}).get("val_recordings", [])
-    info["reconstruction"] = reconstruction_metrics(model, root, val, spec, out) if val else None
-
-    # saliency: among the recordings of class B the classifier is surest of, the 8 frames that hold the most
-    # (stationary noise gives maps of the encoder's frame grid, not of a sound); or the recording asked for
-    path_col = "path" if "path" in meta.columns else "first_recording"
+    info["reconstruction"] = reconstruction_metrics(model, survey.subset(val), out=out) if val else None
     score = fit_linear(z[labelled], y[labelled], positive=class_b)
+    info["saliency"] = _saliency(
+        model,
+        survey,
+        meta,
+        z,
+        y=y,
+        labelled=labelled,
+        score=score,
+        class_b=class_b,
+        target=target,
+        recording=recording,
+        out=out,
+    )
+    info["boundary_walk"] = _walk(
+        model, z[labelled], y[labelled], (class_a, class_b), target=target, spec=spec, out=out
+    )
+    if frames is not None and target in frames.columns:
+        classifier = linear_classifier().fit(z[labelled], y[labelled])
+        info["exemplars"] = exemplars(frames, classifier, target=target, survey=survey, out=out, unusual=unusual)
+
+    label_cols = [
+        c
+        for c in meta.columns
+        if c not in ("unit", "path", "first_recording", "start_time", "window_start", "n_frames", "n_recordings")
+    ]
+    moments = MixtureMoments().fit_transform(recs.frames)
+    wanted = [target] + [c for c in label_cols if c != target]
+    info["projections"] = projections(moments, meta, out=out, label_columns=wanted, seed=seed)
+    (out / INTERPRETATION_FILE).write_text(json.dumps(info, indent=2, default=float) + "\n")
+    return info
+
+
+def _saliency(model, survey, meta, z, y, labelled, score, class_b, target, recording, out) -> dict:  # noqa: PLR0913
+    """Among the recordings of class B the classifier is surest of, the 8 frames that hold the most (stationary
+    noise gives maps of the encoder's frame grid, not of a sound); or the recording asked for."""
+    spec = survey.spec
+    path_col = "path" if "path" in meta.columns else "first_recording"
     of_b = np.flatnonzero(labelled.to_numpy() & (y == class_b))
     surest = of_b[np.argsort(-score(z[of_b]), kind="stable")][: min(SALIENCY_CANDIDATES, max(3, len(of_b) // 4))]
     candidates = [recording] if recording else [str(meta[path_col].iloc[i]) for i in surest]
-    chosen, x, activity = saliency_excerpt(candidates, root, spec)
+    chosen, x, activity = saliency_excerpt(candidates, survey.root, spec)
     maps = saliency_maps(model, x, score)
     grid = coarse_grid(maps["integrated gradients (SmoothGrad)"], spec)
     where = f"{chosen} from {activity['start_s']:.1f} s"
-    plots.saliency(x.numpy(), maps, f"{where}: what raises the score of {target} = {class_b}", out / "saliency.jpg")
+    plots.saliency(
+        x.numpy(), maps, f"{where}: what raises the score of {target} = {class_b}", path=out / "saliency.jpg"
+    )
     plots.saliency_grid(
-        grid, list(BANDS), spec.frame_seconds, f"{where}: attribution per frame and band", out / "saliency_grid.png"
+        grid,
+        list(BANDS),
+        spec.frame_seconds,
+        title=f"{where}: attribution per frame and band",
+        path=out / "saliency_grid.png",
     )
     np.savez_compressed(
         out / "saliency.npz", input=x.numpy(), grid=grid, **{k.replace(" ", "_"): v for k, v in maps.items()}
     )
-    info["saliency"] = {
+    return {
         "recording": chosen,
         "class": class_b,
         "image": "saliency.jpg",
@@ -560,25 +558,28 @@ def interpret(
         "finite": bool(all(np.isfinite(m).all() for m in maps.values())),
     }
 
-    walk = boundary_walk(model, z[labelled], y[labelled], class_a, class_b)
+
+def _walk(model, z, y, classes: tuple[str, str], target: str, spec: SpectrogramConfig, out: Path) -> dict:
+    """The boundary walk from class A to B: its figures, the change per band, and its sound."""
+    class_a, class_b = classes
+    walk = boundary_walk(model, z, y, class_a=class_a, class_b=class_b)
     per_mel, coarse = band_change(walk, spec)
     plots.boundary_walk(
         walk.spectrograms,
         walk.differences,
         walk.probabilities,
-        f"{target}: from the mean of {class_a} across the boundary to {class_b}",
-        class_b,
-        out / "boundary_walk.jpg",
+        title=f"{target}: from the mean of {class_a} across the boundary to {class_b}",
+        class_b=class_b,
+        path=out / "boundary_walk.jpg",
     )
     plots.band_change(
         per_mel,
         coarse,
         BANDS,
-        f"change from p({class_b})={walk.probabilities[0]:.2f} to {walk.probabilities[-1]:.2f}",
-        out / "boundary_walk_bands.png",
+        title=f"change from p({class_b})={walk.probabilities[0]:.2f} to {walk.probabilities[-1]:.2f}",
+        path=out / "boundary_walk_bands.png",
     )
-    sounds = write_walk_audio(walk, spec, out)
-    info["boundary_walk"] = {
+    return {
         "from": class_a,
         "to": class_b,
         "steps": walk.steps,
@@ -590,19 +591,5 @@ def interpret(
         # under ~1 dB in every band a listener hears no difference: the classes differ in what the decoder
         # barely renders, and the walk says so rather than offering sounds that seem to mean something
         "audible": bool(np.abs(per_mel).max() >= AUDIBLE_DB),
-        "audio": sounds,
+        "audio": write_walk_audio(walk, spec, out),
     }
-
-    if frames is not None and target in frames.columns:
-        classifier = linear_classifier().fit(z[labelled], y[labelled])
-        info["exemplars"] = exemplars(frames, classifier, target, root, spec, out, unusual=unusual)
-
-    label_cols = [
-        c
-        for c in meta.columns
-        if c not in ("unit", "path", "first_recording", "start_time", "window_start", "n_frames", "n_recordings")
-    ]
-    moments = MixtureMoments().fit_transform(recs.frames)
-    info["projections"] = projections(moments, meta, out, [target] + [c for c in label_cols if c != target], seed)
-    (out / "interpretation.json").write_text(json.dumps(info, indent=2, default=float) + "\n")
-    return info

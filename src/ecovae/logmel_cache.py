@@ -233,5 +233,5 @@ def cache_survey(survey: Survey, cache: Path | str | None = None, progress: bool
             continue  # skipped by the reader: survey.skipped says why
         clips = [CachedClip(e["file"], offset, hops, e["mels"]) for offset, hops in e["clips"]]
         sums = (e["hops"], np.asarray(e["sum"]), np.asarray(e["sumsq"]))
-        out.append(CachedRecording(rel, survey.labels.get(rel, {}), clips, e["seconds"], sums))
+        out.append(CachedRecording(rel, survey.labels.get(rel, {}), clips, e["seconds"], sums=sums))
     return out

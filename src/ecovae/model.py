@@ -1,4 +1,4 @@
-"""The soundscape VAE, module by module as in the table of ``MODEL.md``.
+"""The soundscape VAE, module by module as in the layer table of docs/model.md.
 
 Gibb, Eldridge, Sandom & Simpson (2024), "Towards interpretable learned
 representations for ecoacoustics using variational auto-encoding".
@@ -12,6 +12,7 @@ temporal framing then cuts the feature map into one latent vector per frame.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -21,10 +22,10 @@ from torch import nn
 
 @dataclass(frozen=True)
 class VAEConfig:
-    # input (MODEL.md "Input")
+    # input (docs/model.md "Input")
     n_mels: int = 64
     frame_hops: int = 192
-    # widths and depth (MODEL.md "Layers")
+    # widths and depth (docs/model.md "Layers")
     stem_channels: int = 32  # pre-processing
     stack_channels: tuple[int, ...] = (64, 128, 256, 512)  # ResStack 1..4
     blocks_per_stack: int = 2
@@ -32,7 +33,7 @@ class VAEConfig:
     latent_dim: int = 128
     norm: str = "batch"  # "batch" or "group"
     groups: int = 8  # for group norm
-    # objective (MODEL.md "Objective")
+    # objective (docs/model.md "Objective")
     decoder_sigma: float = 0.2
     learn_decoder_sigma: bool = False
     beta: float = 1.0
@@ -277,6 +278,19 @@ class SoundscapeVAE(nn.Module):
         b, frames = mu.shape[:2]
         nll = gaussian_nll(recon.float() - x.float(), self.log_sigma).reshape(b, frames, -1).sum(-1)
         return nll + kl_to_prior(mu, logvar).sum(-1)
+
+
+def mean_loss(model: SoundscapeVAE, batches: Iterable[torch.Tensor]) -> tuple[dict[str, float], int]:
+    """Each part of the loss per frame over ``batches`` of (B, 1, T, F) log-mel, every frame weighing the same
+    (held-out scores, reconstruction metrics); with the frames counted. Empty with no frames."""
+    totals: dict[str, float] = {}
+    frames = 0
+    for x in batches:
+        n = x.shape[0] * x.shape[2] // model.cfg.frame_hops
+        for k, v in model.loss(x).items():
+            totals[k] = totals.get(k, 0.0) + float(v) * n
+        frames += n
+    return ({k: v / frames for k, v in totals.items()} if frames else {}), frames
 
 
 def gaussian_nll(err: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,6 @@ quickstart model's latents (``vae``) and its negative ELBO (a decoder pass, opt 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -39,18 +38,21 @@ from sklearn.preprocessing import StandardScaler
 
 from ecovae import plots
 from ecovae.audio import BadAudio, open_recording
+from ecovae.excerpts import write_excerpts
 from ecovae.files import atomic_file, file_stats, read_file_cache, write_file_cache
 from ecovae.latents import is_feature_column, silent_frames, value_columns
 from ecovae.model import SoundscapeVAE
+from ecovae.outputs import NOVELTY_SUMMARY_FILE
+from ecovae.run import state_digest
 from ecovae.spectrogram import SpectrogramConfig
-from ecovae.survey import recording_clips
+from ecovae.survey import Survey, recording_clips
 
 log = logging.getLogger(__name__)
 
 SCORES_FILE, TOP_FILE, SUMMARY_FILE, HISTOGRAM_FILE = (
     "novelty.parquet",
     "novelty_top.csv",
-    "novelty.json",
+    NOVELTY_SUMMARY_FILE,
     "novelty_histogram.png",
 )
 # a survey's known events (the simulator's planted ones): path, kind, start_s, end_s[, level_db]
@@ -71,7 +73,7 @@ def _with_context(x: np.ndarray, recordings: np.ndarray) -> np.ndarray:
 
 
 def knn_novelty(
-    x: np.ndarray, neighbours: int = NEIGHBOURS, seed: int = 0, clip_sd: float | None = CLIP_SD
+    x: np.ndarray, neighbours: int = NEIGHBOURS, seed: int = 0, *, clip_sd: float | None = CLIP_SD
 ) -> np.ndarray:
     """Log distance from each row to its ``neighbours``-th nearest other row (standardised features): the
     k-nearest-neighbour density estimate, so higher is rarer. Unlike a Gaussian mixture, a handful of rare
@@ -96,13 +98,25 @@ def novelty_scores(
     frames: pd.DataFrame,
     features: Sequence[str] = ("logmel", "vae"),
     neighbours: int = NEIGHBOURS,
+    *,
     seed: int = 0,
     neg_elbo: np.ndarray | None = None,
     clip_sd: float | None = CLIP_SD,
 ) -> pd.DataFrame:
     """One row per frame, keyed like the latents (their non-feature columns), with ``novelty_<features>`` for
     each feature set (log distance to the k-th nearest frame; higher is rarer), ``neg_elbo`` if given, and
-    ``rank`` by the first score (1 = most unusual; silent frames unranked, NaN)."""
+    ``rank`` by the first score (1 = most unusual; silent frames unranked, NaN).
+
+    >>> import numpy as np, pandas as pd
+    >>> rng = np.random.default_rng(0)
+    >>> mu = rng.normal(size=(40, 2)) * 0.1
+    >>> mu[7] = [6.0, 6.0]  # one frame far from the rest
+    >>> frames = pd.DataFrame({"path": "a.wav", "frame_in_recording": range(40), "mu_000": mu[:, 0],
+    ...                        "mu_001": mu[:, 1], "logvar_000": 0.0, "logvar_001": 0.0})
+    >>> scores = novelty_scores(frames, "vae", neighbours=4)
+    >>> int(scores.loc[scores["rank"] == 1, "frame_in_recording"].iloc[0])
+    7
+    """
     if isinstance(features, str):
         features = [features]
     silent = silent_frames(frames)
@@ -113,7 +127,7 @@ def novelty_scores(
     for name in features:
         x = frames[value_columns(frames, name)].to_numpy(np.float64)[~silent]  # silence is no context either
         score = np.full(len(frames), np.nan)
-        score[~silent] = knn_novelty(_with_context(x, recordings[~silent]), neighbours, seed, clip_sd)
+        score[~silent] = knn_novelty(_with_context(x, recordings[~silent]), neighbours, seed, clip_sd=clip_sd)
         out[f"novelty_{name}"] = score
     if neg_elbo is not None:
         out["neg_elbo"] = np.where(silent, np.nan, neg_elbo)
@@ -127,16 +141,9 @@ ELBO_CACHE_EVERY_S = 120.0  # a long decoder pass saves what it has this often: 
 
 
 def _save_elbo(cache: Path, parts: list[pd.DataFrame], settings: dict) -> None:
-    write_file_cache(cache, pd.concat([p for p in parts if len(p)], ignore_index=True), ELBO_CACHE_KEY, settings)
-
-
-def _weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of the model's weights as they are in memory: which model a cached negative ELBO came from."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    write_file_cache(
+        cache, pd.concat([p for p in parts if len(p)], ignore_index=True), ELBO_CACHE_KEY, settings=settings
+    )
 
 
 @torch.no_grad()
@@ -144,6 +151,7 @@ def neg_elbo_per_frame(
     model: SoundscapeVAE,
     spec: SpectrogramConfig,
     root: Path | str,
+    *,
     frames: pd.DataFrame,
     cache: Path | str | None = None,
 ) -> np.ndarray:
@@ -157,9 +165,9 @@ def neg_elbo_per_frame(
     model = model.eval()
     out = np.full(len(frames), np.nan)
     groups = frames.groupby("path", sort=False).indices
-    settings = {"weights": _weights_digest(model), "spectrogram": asdict(spec)}
+    settings = {"weights": state_digest(model), "spectrogram": asdict(spec)}
     stats = file_stats(root, groups)
-    cached = read_file_cache(Path(cache), ELBO_CACHE_KEY, settings, stats) if cache else pd.DataFrame()
+    cached = read_file_cache(Path(cache), ELBO_CACHE_KEY, settings, stats=stats) if cache else pd.DataFrame()
     done = {p: g.sort_values("frame")["neg_elbo"].to_numpy() for p, g in cached.groupby("path")} if len(cached) else {}
     new, saved = [], time.monotonic()
     for path, rows in groups.items():
@@ -271,6 +279,7 @@ def event_ranks(scores: pd.DataFrame, events: pd.DataFrame, frame_seconds: float
 def write_novelty(
     scores: pd.DataFrame,
     out: Path | str,
+    *,
     top: int = 50,
     events: pd.DataFrame | None = None,
     frame_seconds: float = 1.536,
@@ -288,7 +297,7 @@ def write_novelty(
     with atomic_file(out / TOP_FILE) as tmp:
         best.to_csv(tmp, index=False)
     ranking = score_columns(scores)[0]
-    plots.novelty_histogram(scores[ranking].dropna().to_numpy(), top, ranking, out / HISTOGRAM_FILE)
+    plots.novelty_histogram(scores[ranking].dropna().to_numpy(), top, ranking, path=out / HISTOGRAM_FILE)
     summary = {
         **(settings or {}),
         "ranked_by": ranking,
@@ -303,3 +312,50 @@ def write_novelty(
     with atomic_file(out / SUMMARY_FILE) as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+FEATURES = ("logmel", "vae")  # scored by default; the first ranks (why log-mel: the module's docstring, measured)
+TOP = 50  # frames in the top list
+LISTEN = 10  # moments of the top list (no two excerpts overlapping) to hear in the report
+
+
+def rank_survey(
+    frames: pd.DataFrame,
+    survey: Survey,
+    *,
+    out: Path,
+    features: tuple[str, ...] = FEATURES,
+    top: int = TOP,
+    elbo_model: SoundscapeVAE | None = None,
+    seed: int = 0,
+) -> dict:
+    """Score every frame, write the scores and their summary, and excerpts of the most unusual moments to listen
+    to (from the survey's recordings), as ``ecovae novelty`` does; with ``elbo_model``, each frame's negative
+    ELBO too. Returns the summary (novelty.json)."""
+    cache = out / ELBO_CACHE_FILE  # the decoder pass is as long as encoding: a resumed run must not redo it
+    neg_elbo = (
+        neg_elbo_per_frame(elbo_model, survey.spec, survey.root, frames=frames, cache=cache) if elbo_model else None
+    )
+    scores = novelty_scores(frames, features, seed=seed, neg_elbo=neg_elbo)
+    settings = {
+        "features": list(features),
+        "neighbours": NEIGHBOURS,
+        "clip_sd": CLIP_SD,
+        "neg_elbo": neg_elbo is not None,
+        "recordings": str(survey.root),
+    }
+    columns = score_columns(scores)
+    wanted = [
+        (
+            f"excerpts/top_{int(r['rank']):03d}",
+            r["path"],
+            r["frame_offset_s"],
+            {"rank": int(r["rank"])} | {c: float(r[c]) for c in columns},
+        )
+        for _, r in distinct_moments(scores, min(top, LISTEN)).iterrows()
+    ]
+    listen = write_excerpts(survey.root, wanted, frame_s=survey.spec.frame_seconds, out=out)
+    events = read_events(survey.root / EVENTS_FILE)
+    return write_novelty(
+        scores, out, top=top, events=events, frame_seconds=survey.spec.frame_seconds, settings=settings, listen=listen
+    )

@@ -29,7 +29,7 @@ def _save(fig: Figure, path: Path, dpi: int = 110, quality: int = 85) -> Path:
     return path
 
 
-def confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -> Path:
+def confusion(cm: np.ndarray, classes: list[str], title: str, *, path: Path) -> Path:
     """Counts in each cell, colour by the row-normalised rate."""
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     size = 1.6 + 0.55 * len(classes)
@@ -68,7 +68,7 @@ def _spec_axes(ax, spec: np.ndarray, title: str, cmap: str = "magma", **kw):
     return im
 
 
-def reconstruction(x: np.ndarray, recon: np.ndarray, title: str, path: Path) -> Path:
+def reconstruction(x: np.ndarray, recon: np.ndarray, title: str, *, path: Path) -> Path:
     """Input, reconstruction and error side by side."""
     fig, axes = _subplots(1, 3, figsize=(14, 3.2))
     lo, hi = np.percentile(x, [1, 99.5])
@@ -83,7 +83,7 @@ def reconstruction(x: np.ndarray, recon: np.ndarray, title: str, path: Path) -> 
     return _save(fig, path)
 
 
-def saliency(x: np.ndarray, maps: dict[str, np.ndarray], title: str, path: Path) -> Path:
+def saliency(x: np.ndarray, maps: dict[str, np.ndarray], title: str, *, path: Path) -> Path:
     """The spectrogram, then each attribution map over it (red raises the class score, blue lowers it)."""
     fig, axes = _subplots(1 + len(maps), 1, figsize=(12, 2.6 * (1 + len(maps))))
     fig.colorbar(_spec_axes(axes[0], x, "input log-mel"), ax=axes[0])
@@ -108,7 +108,7 @@ def saliency(x: np.ndarray, maps: dict[str, np.ndarray], title: str, path: Path)
 
 
 def boundary_walk(
-    specs: list[np.ndarray], diffs: list[np.ndarray], probs: list[float], title: str, class_b: str, path: Path
+    specs: list[np.ndarray], diffs: list[np.ndarray], probs: list[float], *, title: str, class_b: str, path: Path
 ) -> Path:
     """Decoded spectrograms along the walk (top) and each one's difference from the start (bottom, dB),
     each with the classifier's probability of ``class_b``."""
@@ -132,7 +132,7 @@ def boundary_walk(
     return _save(fig, path)
 
 
-def band_change(per_mel_db: np.ndarray, coarse: dict[str, float], bands: dict, title: str, path: Path) -> Path:
+def band_change(per_mel_db: np.ndarray, coarse: dict[str, float], bands: dict, *, title: str, path: Path) -> Path:
     """Where the energy moves along the walk: change per mel band against frequency, coarse bands shaded."""
     freqs = mel_frequencies(SPEC)[: len(per_mel_db)]
     fig, ax = _subplots(figsize=(8, 3.2))
@@ -156,7 +156,7 @@ def band_change(per_mel_db: np.ndarray, coarse: dict[str, float], bands: dict, t
     return _save(fig, path)
 
 
-def saliency_grid(grid: np.ndarray, bands: list[str], frame_seconds: float, title: str, path: Path) -> Path:
+def saliency_grid(grid: np.ndarray, bands: list[str], frame_seconds: float, *, title: str, path: Path) -> Path:
     """Attribution summed per frame (columns) and coarse band (rows), with the numbers."""
     fig, ax = _subplots(figsize=(1.2 + 0.9 * grid.shape[0], 2.8))
     lim = float(np.abs(grid).max()) or 1.0
@@ -173,7 +173,7 @@ def saliency_grid(grid: np.ndarray, bands: list[str], frame_seconds: float, titl
     return _save(fig, path)
 
 
-def projection(coords: np.ndarray, labels, title: str, path: Path) -> Path:
+def projection(coords: np.ndarray, labels, title: str, *, path: Path) -> Path:
     labels = np.asarray(labels).astype(str)
     fig, ax = _subplots(figsize=(5.5, 4.5))
     for c in sorted(set(labels)):
@@ -202,7 +202,7 @@ def training_curves(metrics, path: Path) -> Path:
     return _save(fig, path)
 
 
-def novelty_histogram(scores: np.ndarray, top: int, name: str, path: Path) -> Path:
+def novelty_histogram(scores: np.ndarray, top: int, name: str, *, path: Path) -> Path:
     """Frames by novelty score, the ``top`` most unusual marked."""
     fig, ax = _subplots(figsize=(6, 2.6))
     ax.hist(scores, bins=min(80, max(10, len(scores) // 20)), color="0.5")
@@ -216,7 +216,7 @@ def novelty_histogram(scores: np.ndarray, top: int, name: str, path: Path) -> Pa
     return _save(fig, path)
 
 
-def excerpt(audio: np.ndarray, rate: int, frame: tuple[float, float], title: str, path: Path) -> Path:
+def excerpt(audio: np.ndarray, rate: int, frame: tuple[float, float], *, title: str, path: Path) -> Path:
     """A small spectrogram of an excerpt (dB, 0 to rate/2), the frame it stands for between dashed lines."""
     fig, ax = _subplots(figsize=(3.4, 1.7))
     if len(audio) >= 512:
@@ -233,7 +233,9 @@ def excerpt(audio: np.ndarray, rate: int, frame: tuple[float, float], title: str
     return _save(fig, path, dpi=80, quality=80)
 
 
-def diel(image: np.ndarray, days: list[str], profile: dict, title: str, path: Path, ylim: tuple | None = None) -> Path:
+def diel(
+    image: np.ndarray, days: list[str], profile: dict, *, title: str, path: Path, ylim: tuple | None = None
+) -> Path:
     """Days at a glance: ``image`` (days, bins over 24 h, RGB in [0, 1]; NaN where nothing was recorded) above
     each component's median and interquartile range by hour (``profile``: hours, median and q25/q75 per
     component); ``ylim`` one scale for every group's profile, so that sites compare by eye."""

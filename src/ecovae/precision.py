@@ -37,9 +37,10 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ecovae.files import atomic_file
+from ecovae.host import FAST_PATH_FLAGS, cpu_flags
 from ecovae.logmel_cache import default_cache_dir
 from ecovae.model import SoundscapeVAE
-from ecovae.run import CALIBRATION_FILE, cpu_flags, load_calibration, weights_digest
+from ecovae.run import CALIBRATION_FILE, load_calibration, weights_digest
 from ecovae.survey import Survey, recording_clips
 
 log = logging.getLogger(__name__)
@@ -212,9 +213,7 @@ def cache_folder(run_dir: Path, device: str) -> Path:
     calibration = Path(run_dir) / CALIBRATION_FILE
     parts = [weights_digest(run_dir), str(device), platform.machine(), torch.__version__, str(CHECK_VERSION)]
     parts.append(str(calibration.stat().st_mtime_ns) if calibration.is_file() else "no calibration")
-    parts.append(
-        " ".join(sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"}))
-    )
+    parts.append(" ".join(sorted(cpu_flags() & set(FAST_PATH_FLAGS))))
     try:
         parts.append(md.version("onnxruntime"))
     except md.PackageNotFoundError:
@@ -265,7 +264,7 @@ def check_modes(model: SoundscapeVAE, run_dir: Path, device: str = "cpu") -> dic
             results[mode] = {"reason": reason}
             continue
         try:
-            enc = mode_encoder(model, run_dir, mode, device, calibration=calib)
+            enc = mode_encoder(model, run_dir, mode, device=device, calibration=calib)
             mu, seconds = _timed(enc, held_out)
             results[mode] = {"cosine": cosine(mu, reference), "seconds": seconds}
         except Exception as e:  # a mode that fails to build is reported, and fp32 goes on
@@ -278,7 +277,7 @@ def check_modes(model: SoundscapeVAE, run_dir: Path, device: str = "cpu") -> dic
 
 
 def mode_encoder(
-    model: SoundscapeVAE, run_dir: Path, mode: str, device: str = "cpu", calibration: torch.Tensor | None = None
+    model: SoundscapeVAE, run_dir: Path, mode: str, *, device: str = "cpu", calibration: torch.Tensor | None = None
 ) -> Encoder:
     """The encoder of ``mode`` (no check: see :func:`choose`). int8 is quantized once per weights and machine,
     on ``calibration`` (default: the first half of the run's calibration windows)."""
@@ -316,7 +315,7 @@ SURVEY_CHECK_FILES = 12  # recordings spread over the survey whose first clip au
 
 
 def confirm_on_survey(
-    mode: str, encoder: Encoder, model: SoundscapeVAE, survey: Survey, device: str = "cpu"
+    mode: str, encoder: Encoder, model: SoundscapeVAE, *, survey: Survey, device: str = "cpu"
 ) -> tuple[str, Encoder]:
     """``auto``'s choice checked again on the survey being encoded: the first clip of up to
     :data:`SURVEY_CHECK_FILES` recordings spread over it, each frame's mu against fp32's. A mode whose worst
@@ -350,7 +349,7 @@ def _said(check: dict) -> str:
 
 
 def choose(
-    precision: str, model: SoundscapeVAE, run_dir: Path | str, device: str = "cpu", recorded: str | None = None
+    precision: str, model: SoundscapeVAE, run_dir: Path | str, *, device: str = "cpu", recorded: str | None = None
 ) -> tuple[str, Encoder]:
     """(mode, encoder) for ``precision``: ``auto`` takes ``recorded`` (the precision an existing output was
     encoded in) if given, else the fastest mode that passed its check here. An explicit mode that cannot
@@ -372,4 +371,4 @@ def choose(
         log.info("precision auto: %s (%s)", precision, "; ".join(f"{m}: {_said(r)}" for m, r in checks.items()))
     elif reason := failed(checks[precision]):
         raise ValueError(f"precision {precision}{origin} failed its check on {run_dir}: {reason}")
-    return precision, mode_encoder(model, run_dir, precision, device)
+    return precision, mode_encoder(model, run_dir, precision, device=device)

@@ -18,7 +18,11 @@ CARD_JSON, CARD_MD = "MODEL_CARD.json", "MODEL_CARD.md"
 
 
 def pretrained_dir() -> Path:
-    """The shipped model's folder inside the installed package."""
+    """The shipped model's folder inside the installed package.
+
+    >>> (pretrained_dir() / "model.safetensors").is_file()
+    True
+    """
     folder = Path(str(files("ecovae") / "pretrained"))
     if not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(f"{folder}: this installation of ecovae has no pretrained weights")

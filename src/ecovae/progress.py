@@ -1,7 +1,8 @@
-"""Progress bars for long work (files, clips, ETA), quiet when not wanted."""
+"""What a user sees of long work: progress bars (files, clips, ETA), quiet when not wanted, and the log."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -67,7 +68,7 @@ def interactive(stream=None) -> bool:
 
 @contextmanager
 def file_progress(
-    total: int, description: str, enabled: bool = True, unit: str = "files"
+    total: int, description: str, enabled: bool = True, *, unit: str = "files"
 ) -> Iterator[Callable[..., None]]:
     """Yields ``advance(files=1, **fields)``: a files bar with elapsed time, ETA and extra fields (in a log:
     :class:`LineProgress` lines)."""
@@ -114,3 +115,28 @@ def file_progress(
             bar.update(task, advance=files, **({"status": status} if fields else {}))
 
         yield advance
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Messages to stderr as ``LEVEL module: message`` (debug ones too with ``verbose``); Lightning's quieted."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    quiet_lightning()
+
+
+def quiet_lightning() -> None:
+    """Lightning's start-up chatter and deprecation notes say nothing a user can act on."""
+    import warnings
+
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # a resumed run's checkpoint folder is not empty by design; a small survey has fewer batches than log lines
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended.*")

@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ecovae.logmel_cache import cache_survey
 from ecovae.spectrogram import SpectrogramConfig
-from ecovae.survey import open_survey
+from ecovae.survey import Survey, as_survey
 
 
 class RecorderOffsets(TransformerMixin, BaseEstimator):
@@ -34,6 +34,13 @@ class RecorderOffsets(TransformerMixin, BaseEstimator):
     ``fit(X)`` learns one offset per recorder; ``transform(X)`` returns the
     spectra (n, mels) less their recorder's offset. A recorder never seen in
     fitting gets no correction. Works inside a ``Pipeline``.
+
+    >>> import numpy as np
+    >>> X = spectra_table(np.array([[1.0, 2.0], [1.0, 2.0], [3.0, 4.0]]), ["A", "A", "B"])
+    >>> RecorderOffsets().fit(X).transform(X)  # each recorder moved to the survey's mean of recorders
+    array([[2., 3.],
+           [2., 3.],
+           [2., 3.]])
     """
 
     def __init__(self, recorder: str | int = "recorder"):
@@ -92,14 +99,19 @@ def spectra_table(spectra: np.ndarray, recorders, recorder: str = "recorder") ->
 
 
 def fit_survey_offsets(
-    root: Path, labels_csv: Path | None, column: str, spec: SpectrogramConfig | None = None, cache: Path | None = None
+    recordings: Survey | Path | str,
+    column: str,
+    *,
+    labels_csv: Path | None = None,
+    spec: SpectrogramConfig | None = None,
+    cache: Path | None = None,
 ) -> RecorderOffsets:
     """Recorder offsets from every readable recording of a survey (for ``ecovae encode --correct-hardware``).
 
     Each recording's mean spectrum comes from the log-mel cache's stored sums (computed
     once; after training on the same recordings, nothing is decoded again).
     """
-    survey = open_survey(root, labels_csv, spec)
+    survey = as_survey(recordings, labels_csv, spec)
     if column not in survey.label_columns:
         raise ValueError(f"no label column {column!r} to correct by; the labels have {survey.label_columns}")
     spectra, recorders = [], []

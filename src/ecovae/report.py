@@ -20,6 +20,19 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ecovae import __version__
+from ecovae.outputs import (
+    DIEL_FILE,
+    DIEL_FOLDER,
+    EVALUATION_FILE,
+    HARDWARE_FILE,
+    INTERPRETATION_FILE,
+    METHODS_FILE,
+    METRICS_FILE,
+    NOVELTY_FOLDER,
+    NOVELTY_SUMMARY_FILE,
+)
+from ecovae.run import CONFIG_FILE, RUN_FILE
+from ecovae.run import METRICS_FILE as TRAIN_METRICS_FILE
 
 
 def _read_json(path: Path) -> dict:
@@ -103,28 +116,44 @@ def model_origin(run_dir: Path, run: dict) -> str:
 
 def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None) -> dict[str, dict[str, str]]:
     """What a reader asks of a deep-learning study, from the run's and the evaluation's own records."""
-    run = _read_json(run_dir / "run.json")
-    cfg = _read_json(run_dir / "config.json")
-    ev = _read_json(eval_dir / "evaluation.json")
-    interp = _read_json(eval_dir / "interpretation.json")
-    hw = _read_json(eval_dir / "hardware.json")
-    novelty = _read_json(eval_dir / "novelty" / "novelty.json")
+    run = _read_json(run_dir / RUN_FILE)
+    cfg = _read_json(run_dir / CONFIG_FILE)
+    ev = _read_json(eval_dir / EVALUATION_FILE)
+    interp = _read_json(eval_dir / INTERPRETATION_FILE)
+    hw = _read_json(eval_dir / HARDWARE_FILE)
+    novelty = _read_json(eval_dir / NOVELTY_FOLDER / NOVELTY_SUMMARY_FILE)
+    return {
+        **_card_model(run_dir, run, cfg),
+        **_card_analysis(ev, interp, hw, novelty, data=run.get("data", {})),
+        "Code and outputs": {
+            "code": f"ecovae {__version__} (src/ecovae: model.py, train.py, encode.py, descriptors.py, evaluate.py, interpret.py)",
+            "run folder": str(run_dir.resolve()),
+            "evaluation folder": str(eval_dir.resolve()),
+            "report": str(report_path.resolve()) if report_path else "",
+        },
+    }
+
+
+def _parameters(model: dict) -> int | None:
+    if not model:
+        return None
+    import torch
+
+    from ecovae.model import SoundscapeVAE, VAEConfig, parameter_count
+
+    with torch.device("meta"):  # counted, not allocated: a config is no reason to take gigabytes
+        return parameter_count(SoundscapeVAE(VAEConfig.from_dict(model)))
+
+
+def _card_model(run_dir: Path, run: dict, cfg: dict) -> dict[str, dict[str, str]]:
+    """The methods card's sections on the data, the preprocessing, the model and its training."""
     data, model, spec, train = (
         run.get("data", {}),
         cfg.get("model", {}),
         cfg.get("spectrogram", {}),
         cfg.get("train", {}),
     )
-    params = None
-    if model:
-        import torch
-
-        from ecovae.model import SoundscapeVAE, VAEConfig, parameter_count
-
-        with torch.device("meta"):  # counted, not allocated: a config is no reason to take gigabytes
-            params = parameter_count(SoundscapeVAE(VAEConfig.from_dict(model)))
-    versions = run.get("versions", {})
-    hardware = run.get("hardware", {})
+    params, versions, hardware = _parameters(model), run.get("versions", {}), run.get("hardware", {})
     return {
         "Data": {
             "source": str(run.get("recordings", "")),
@@ -163,6 +192,12 @@ def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None)
         "Randomness": {
             "seed": f"{run.get('seed')} (Lightning seed_everything: split, initialisation, sampling; evaluation folds and classifiers seeded too)",
         },
+    }
+
+
+def _card_analysis(ev: dict, interp: dict, hw: dict, novelty: dict, *, data: dict) -> dict:
+    """The methods card's sections on the splits, the evaluation and what follows it."""
+    return {
         "Splits": {
             "training": f"by recording: {len(data.get('train_recordings', []))} training, {len(data.get('val_recordings', []))} validation",
             "evaluation": f"{ev.get('n_folds', '?')}-fold stratified cross-validation grouped by {ev.get('group', '?')}"
@@ -193,70 +228,105 @@ def methods_card(run_dir: Path, eval_dir: Path, report_path: Path | None = None)
             if hw
             else "not run",
         },
-        "Code and outputs": {
-            "code": f"ecovae {__version__} (src/ecovae: model.py, train.py, encode.py, descriptors.py, evaluate.py, interpret.py)",
-            "run folder": str(run_dir.resolve()),
-            "evaluation folder": str(eval_dir.resolve()),
-            "report": str(report_path.resolve()) if report_path else "",
-        },
     }
 
 
-EVAL_FILES = ("evaluation.json", "interpretation.json", "novelty", "diel")  # what makes a folder an evaluation
+def _training(run_dir: Path, run: dict) -> dict:
+    heldout = run.get("heldout") or {}
+    return {
+        "origin": model_origin(run_dir, run),
+        "steps": run.get("global_step", 0),
+        "wall_time_s": run.get("wall_time_s", 0.0),
+        "attempts": run.get("attempts", 1),
+        "heldout_initial": (heldout.get("initial") or {}).get("neg_elbo"),
+        "heldout_final": (heldout.get("final") or {}).get("neg_elbo"),
+        "window_frames": run.get("data", {}).get("window_frames", "?"),
+    }
+
+
+def _training_curves(run_dir: Path) -> str | None:
+    """The training curves as a data URI, drawn for the page only (the evaluation folder may be read-only)."""
+    from ecovae import plots
+
+    if not (run_dir / TRAIN_METRICS_FILE).is_file():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        plots.training_curves(pd.read_csv(run_dir / TRAIN_METRICS_FILE), Path(tmp) / "training_curves.png")
+        return _data_uri(Path(tmp) / "training_curves.png")
+
+
+def _images(eval_dir: Path) -> dict[str, str | None]:
+    names = ("saliency.jpg", "boundary_walk.jpg", "saliency_grid.png", "boundary_walk_bands.png")
+    keys = ("saliency", "boundary_walk", "saliency_grid", "walk_bands")
+    return {k: _data_uri(eval_dir / name) for k, name in zip(keys, names, strict=True)}
+
+
+def _embedded(folder: Path, figures: list[dict]) -> list[dict]:
+    """Each figure's record with its image embedded (``src``)."""
+    return [{**f, "src": _data_uri(folder / f["image"])} for f in figures]
+
+
+def _walk_audio(interp: dict, eval_dir: Path, budget: AudioBudget) -> list[dict]:
+    walk = interp.get("boundary_walk") or {}
+    sounds = zip(walk.get("audio", []), walk.get("probabilities", []), strict=False)
+    return [{"src": budget.src(eval_dir / name), "p": p} for name, p in sounds]
+
+
+def _novelty_and_diel(eval_dir: Path, budget: AudioBudget) -> tuple[dict, dict]:
+    """The novelty summary with its excerpts and histogram, and the diel views with their images, for the page."""
+    novelty = _read_json(eval_dir / NOVELTY_FOLDER / NOVELTY_SUMMARY_FILE)
+    if novelty:
+        novelty["listen"] = _excerpts(novelty.get("listen", []), eval_dir / NOVELTY_FOLDER, budget)
+        novelty["histogram_src"] = _data_uri(eval_dir / NOVELTY_FOLDER / novelty["histogram"])
+    diel = _read_json(eval_dir / DIEL_FOLDER / DIEL_FILE)
+    for view in diel.get("views", []):
+        view["src"] = _data_uri(eval_dir / DIEL_FOLDER / view["image"])
+    return novelty, diel
+
+
+EVAL_FILES = (EVALUATION_FILE, INTERPRETATION_FILE, NOVELTY_FOLDER, DIEL_FOLDER)  # what makes a folder an evaluation
 AUDIO_BUDGET_MB = 8.0  # sound embedded in the report; past it, links to the files
 
 
-def write_report(
-    run_dir: Path | str,
-    eval_dir: Path | str,
-    out: Path | str,
-    latents_summary: Path | str | None = None,
-    audio_budget_mb: float = AUDIO_BUDGET_MB,
-) -> Path:
-    """Render report.html (self-contained up to ``audio_budget_mb`` of sound) and methods.json beside it."""
-    from ecovae import plots
-
-    run_dir, eval_dir, out = Path(run_dir), Path(eval_dir), Path(out)
-    if not (run_dir / "config.json").is_file():
+def _check_folders(run_dir: Path, eval_dir: Path) -> None:
+    if not (run_dir / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json); give the --out of 'ecovae train'")
     if not any((eval_dir / name).exists() for name in EVAL_FILES):
         raise FileNotFoundError(
             f"{eval_dir}: no evaluation, interpretation, novelty or diel outputs there; give the --out of "
             "'ecovae evaluate' or 'ecovae interpret'"
         )
+
+
+def write_report(
+    run_dir: Path | str,
+    eval_dir: Path | str,
+    out: Path | str,
+    *,
+    latents_summary: Path | str | None = None,
+    audio_budget_mb: float = AUDIO_BUDGET_MB,
+) -> Path:
+    """Render report.html (self-contained up to ``audio_budget_mb`` of sound) and methods.json beside it."""
+    run_dir, eval_dir, out = Path(run_dir), Path(eval_dir), Path(out)
+    _check_folders(run_dir, eval_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    run = _read_json(run_dir / "run.json")
-    ev = _read_json(eval_dir / "evaluation.json")
-    interp = _read_json(eval_dir / "interpretation.json")
+    run = _read_json(run_dir / RUN_FILE)
+    ev = _read_json(eval_dir / EVALUATION_FILE)
+    interp = _read_json(eval_dir / INTERPRETATION_FILE)
     if latents_summary is None and ev.get("latents"):
         latents_summary = Path(ev["latents"]).with_name(
             Path(ev["latents"]).name.removesuffix(".parquet") + ".summary.json"
         )
     encode = _read_json(Path(latents_summary)) if latents_summary else {}
-
-    curves = None
-    if (run_dir / "metrics.csv").is_file():  # drawn for the page only: the evaluation folder may be read-only
-        with tempfile.TemporaryDirectory() as tmp:
-            plots.training_curves(pd.read_csv(run_dir / "metrics.csv"), Path(tmp) / "training_curves.png")
-            curves = _data_uri(Path(tmp) / "training_curves.png")
     data = run.get("data", {})
-    skipped = {**data.get("skipped", {}), **encode.get("skipped", {})}
-    flagged = [(p, "digital silence in some frames") for p in encode.get("silent_files", [])]
-    flagged += list(encode.get("truncated_files", {}).items())
-    metrics = pd.read_csv(eval_dir / "metrics.csv").to_dict("records") if (eval_dir / "metrics.csv").is_file() else []
+    metrics = pd.read_csv(eval_dir / METRICS_FILE).to_dict("records") if (eval_dir / METRICS_FILE).is_file() else []
     reconstruction = interp.get("reconstruction") or {}
     methods = methods_card(run_dir, eval_dir, out)
-    (out.with_name("methods.json")).write_text(json.dumps(methods, indent=2) + "\n")
+    (out.with_name(METHODS_FILE)).write_text(json.dumps(methods, indent=2) + "\n")
 
     budget = AudioBudget(int(audio_budget_mb * 1e6), out.parent)
     exemplars = _excerpts(interp.get("exemplars") or [], eval_dir, budget)
-    novelty = _read_json(eval_dir / "novelty" / "novelty.json")
-    if novelty:
-        novelty["listen"] = _excerpts(novelty.get("listen", []), eval_dir / "novelty", budget)
-        novelty["histogram_src"] = _data_uri(eval_dir / "novelty" / novelty["histogram"])
-    diel = _read_json(eval_dir / "diel" / "diel.json")
-    for view in diel.get("views", []):
-        view["src"] = _data_uri(eval_dir / "diel" / view["image"])
+    novelty, diel = _novelty_and_diel(eval_dir, budget)
     shown, folded = _confusions(ev, eval_dir)
     env = Environment(loader=PackageLoader("ecovae", "templates"), autoescape=select_autoescape(["html", "j2"]))
     html = env.get_template("report.html.j2").render(
@@ -273,36 +343,14 @@ def write_report(
             "hours": data.get("hours", 0.0),
         },
         encode={**encode, "flagged": encode.get("flagged", 0)} if encode else None,
-        skipped=sorted(skipped.items()),
-        flagged=flagged,
-        training={
-            "origin": model_origin(run_dir, run),
-            "steps": run.get("global_step", 0),
-            "wall_time_s": run.get("wall_time_s", 0.0),
-            "attempts": run.get("attempts", 1),
-            "heldout_initial": ((run.get("heldout") or {}).get("initial") or {}).get("neg_elbo"),
-            "heldout_final": ((run.get("heldout") or {}).get("final") or {}).get("neg_elbo"),
-            "window_frames": data.get("window_frames", "?"),
-        },
-        images={
-            "training_curves": curves,
-            "saliency": _data_uri(eval_dir / "saliency.jpg"),
-            "boundary_walk": _data_uri(eval_dir / "boundary_walk.jpg"),
-            "saliency_grid": _data_uri(eval_dir / "saliency_grid.png"),
-            "walk_bands": _data_uri(eval_dir / "boundary_walk_bands.png"),
-        },
-        walk_audio=[
-            {"src": budget.src(eval_dir / name), "p": p}
-            for name, p in zip(
-                (interp.get("boundary_walk") or {}).get("audio", []),
-                (interp.get("boundary_walk") or {}).get("probabilities", []),
-                strict=False,
-            )
-        ],
+        skipped=sorted({**data.get("skipped", {}), **encode.get("skipped", {})}.items()),
+        flagged=[(p, "digital silence in some frames") for p in encode.get("silent_files", [])]
+        + list(encode.get("truncated_files", {}).items()),
+        training=_training(run_dir, run),
+        images={"training_curves": _training_curves(run_dir), **_images(eval_dir)},
+        walk_audio=_walk_audio(interp, eval_dir, budget),
         reconstruction=reconstruction,
-        reconstruction_images=[
-            {"src": _data_uri(eval_dir / im["image"]), "path": im["path"]} for im in reconstruction.get("images", [])
-        ],
+        reconstruction_images=_embedded(eval_dir, reconstruction.get("images", [])),
         evaluation=ev,
         metrics=metrics,
         confusion_images=shown,
@@ -312,8 +360,8 @@ def write_report(
         diel=diel,
         audio_budget={"mb": audio_budget_mb, "linked": budget.linked},
         interpretation=interp,
-        projection_images=[{**p, "src": _data_uri(eval_dir / p["image"])} for p in interp.get("projections", [])],
-        hardware=_read_json(eval_dir / "hardware.json"),
+        projection_images=_embedded(eval_dir, interp.get("projections", [])),
+        hardware=_read_json(eval_dir / HARDWARE_FILE),
         methods=methods,
     )
     out.write_text(html, encoding="utf-8")

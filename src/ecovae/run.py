@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from ecovae import __version__
 from ecovae.files import atomic_file
 from ecovae.model import SoundscapeVAE, VAEConfig
 from ecovae.spectrogram import SpectrogramConfig
@@ -95,6 +94,11 @@ def load_model(run_dir: Path | str, map_location: str = "cpu") -> tuple[Soundsca
     """The trained model of a run folder, from JSON and safetensors only (no pickle).
 
     A missing, truncated or mismatched file is a ValueError/FileNotFoundError naming it.
+
+    >>> from ecovae import pretrained_dir
+    >>> model, spec = load_model(pretrained_dir())
+    >>> model.training, spec.frame_seconds, spec.sample_rate
+    (False, 1.536, 48000)
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -125,11 +129,60 @@ def load_model(run_dir: Path | str, map_location: str = "cpu") -> tuple[Soundsca
     return model.eval(), spec
 
 
+@dataclass(frozen=True)
+class RunFolder:
+    """A run folder as the later stages read it: its settings, manifest, weights' digest and the recordings it
+    was trained on. Nothing here runs code: JSON and safetensors only.
+
+    >>> from ecovae import pretrained_dir
+    >>> shipped = RunFolder(pretrained_dir())
+    >>> shipped.digest == weights_digest(pretrained_dir()), shipped.config["model"]["frame_hops"]
+    (True, 192)
+    """
+
+    path: Path
+
+    @property
+    def config(self) -> dict:
+        return json.loads((self.path / CONFIG_FILE).read_text())
+
+    @property
+    def manifest(self) -> dict:
+        """run.json, or {} for a folder made without training (``ecovae.run.init_run``)."""
+        run = self.path / RUN_FILE
+        return json.loads(run.read_text()) if run.is_file() else {}
+
+    @property
+    def digest(self) -> str:
+        return weights_digest(self.path)
+
+    def recordings(self) -> Path:
+        """The folder the model was trained on; FileNotFoundError that says what to pass if it is not there now."""
+        folder = self.manifest.get("recordings")
+        if not folder or not Path(folder).is_dir():
+            where = f" ({folder} is not there now)" if folder else ""
+            raise FileNotFoundError(f"cannot find the recordings of {self.path}{where}; pass --recordings")
+        return Path(folder)
+
+    def load(self, map_location: str = "cpu") -> tuple[SoundscapeVAE, SpectrogramConfig]:
+        return load_model(self.path, map_location)
+
+
 def weights_digest(run_dir: Path) -> str:
     """A short SHA-256 of the weights: what encoded a latents file (its identity)."""
     path = (Path(run_dir) / WEIGHTS_FILE).resolve()
     st = path.stat()
     return _digest(path, st.st_size, st.st_mtime_ns)
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """A short SHA-256 of a model's weights as they are in memory (:func:`weights_digest` reads the file): which
+    model a cached result came from."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 @lru_cache(maxsize=16)
@@ -139,56 +192,3 @@ def _digest(path: Path, size: int, mtime_ns: int) -> str:  # once per file versi
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-FAST_PATH_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
-
-
-def hardware_info() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_model": _cpu_model(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the SIMD kernels torch uses: AVX2, AVX512, ...
-        "cpu_flags": [f for f in FAST_PATH_FLAGS if f in cpu_flags()],  # what bf16 and int8 encoding can use
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-    }
-    if torch.cuda.is_available():
-        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return info
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def package_versions() -> dict:
-    import importlib.metadata as md
-
-    names = ["torch", "lightning", "numpy", "soundfile", "soxr", "librosa", "pandas", "pyarrow", "safetensors"]
-    out = {"ecovae": __version__, "python": platform.python_version()}
-    for n in names:
-        try:
-            out[n] = md.version(n)
-        except md.PackageNotFoundError:
-            pass
-    return out

@@ -51,13 +51,13 @@ class Bird:
 
 
 BIRDS = (
-    Bird("warbler", 4000, 8000, "trill", 10, 0.9),
-    Bird("thrush", 1800, 4200, "whistle", 8, 0.7),
-    Bird("flycatcher", 5000, 9500, "chirp", 14, 0.8),
-    Bird("dove", 500, 900, "whistle", 5, 0.2),
-    Bird("wren", 3000, 7000, "trill", 9, 0.6),
-    Bird("tanager", 2500, 5500, "chirp", 12, 0.95),
-    Bird("sparrow", 3500, 6500, "chirp", 10, 0.1),
+    Bird("warbler", 4000, 8000, "trill", songs_per_minute=10, sensitivity=0.9),
+    Bird("thrush", 1800, 4200, "whistle", songs_per_minute=8, sensitivity=0.7),
+    Bird("flycatcher", 5000, 9500, "chirp", songs_per_minute=14, sensitivity=0.8),
+    Bird("dove", 500, 900, "whistle", songs_per_minute=5, sensitivity=0.2),
+    Bird("wren", 3000, 7000, "trill", songs_per_minute=9, sensitivity=0.6),
+    Bird("tanager", 2500, 5500, "chirp", songs_per_minute=12, sensitivity=0.95),
+    Bird("sparrow", 3500, 6500, "chirp", songs_per_minute=10, sensitivity=0.1),
 )
 
 
@@ -253,7 +253,7 @@ def insect_chorus(rng: np.random.Generator, insect: Insect, n: int) -> np.ndarra
     return _tone(carrier, (1.0, 0.15)) * pulses
 
 
-def frog_chorus(rng: np.random.Generator, frog: Frog, n: int, n_frogs: int) -> np.ndarray:
+def frog_chorus(rng: np.random.Generator, frog: Frog, n: int, *, n_frogs: int) -> np.ndarray:
     out = np.zeros(n)
     for _ in range(n_frogs):
         period = frog.call_period_s * rng.uniform(0.85, 1.15)
@@ -349,6 +349,7 @@ def simulate_recording(
     rng: np.random.Generator,
     duration_s: float,
     hour: float,
+    *,
     degradation: float,
     species: dict[str, list],
     recorder: RecorderModel,
@@ -384,7 +385,7 @@ def simulate_recording(
     for frog in species["frogs"]:
         if night and rng.random() < 0.8:
             x += _db(rng.uniform(-36, -26) + profile.night_insects_db) * frog_chorus(
-                rng, frog, n, int(rng.integers(3, 9))
+                rng, frog, n, n_frogs=int(rng.integers(3, 9))
             )
             frogs_heard = True
     present["frogs"] = frogs_heard
@@ -497,6 +498,7 @@ def simulate_survey(
     out: Path | str,
     n_sites: int = 4,
     recorders_per_site: int = 2,
+    *,
     hours: tuple[float, ...] = DEFAULT_HOURS,
     days: int = 1,
     duration_s: float = 60.0,
@@ -519,6 +521,13 @@ def simulate_survey(
     only (not on ``workers``). ``rare_events`` recordings, drawn by the seed,
     each get one rare sound of 3-5 s (``events.csv``), ``event_db`` over the ambient there; the others are as
     without.
+
+    >>> import tempfile, pathlib
+    >>> from ecovae import simulate_survey
+    >>> folder = pathlib.Path(tempfile.mkdtemp()) / "survey"
+    >>> labels = simulate_survey(folder, n_sites=2, recorders_per_site=1, hours=(6.0,), duration_s=6.0)
+    >>> labels.name, len(labels.read_text().splitlines())  # a header and one row per recording
+    ('labels.csv', 3)
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -570,7 +579,7 @@ def simulate_survey(
                             **profile.as_labels(),
                         }
                     )
-    events = _plant_events(jobs, rows, rare_events, duration_s, seed, out, event_db)
+    events = _plant_events(jobs, rows, rare_events, duration_s, seed=seed, out=out, event_db=event_db)
     presents = _write_all(jobs, workers)
     for row, present in zip(rows, presents, strict=True):
         present["rare_event"] = row["path"] in events
@@ -620,7 +629,14 @@ def random_bird(rng: np.random.Generator, name: str) -> Bird:
     def draw() -> Bird:
         centre, spread = np.exp(rng.uniform(np.log(450), np.log(10_000))), rng.uniform(1.3, 2.6)
         lo, hi = centre / np.sqrt(spread), min(centre * np.sqrt(spread), 16_000.0)
-        return Bird(name, float(lo), float(hi), SONGS[rng.integers(3)], float(rng.uniform(3, 18)), float(rng.random()))
+        return Bird(
+            name,
+            float(lo),
+            float(hi),
+            SONGS[rng.integers(3)],
+            songs_per_minute=float(rng.uniform(3, 18)),
+            sensitivity=float(rng.random()),
+        )
 
     def taken(b: Bird) -> bool:
         centre = np.sqrt(b.low_hz * b.high_hz)

@@ -1,4 +1,4 @@
-"""Spectrograms: 48 kHz audio to log-mel clips, as MODEL.md's "Input" table says.
+"""Spectrograms: 48 kHz audio to log-mel clips, as the "Input" table of docs/model.md says.
 
 One implementation for training and encoding alike. A recording is cut into
 clips of 39 frames (59.904 s); each clip's spectrogram is computed on its own

@@ -1,6 +1,6 @@
 """The model's layer table with shapes, parameters and FLOPs (``ecovae model-summary``).
 
-Walks the model stage by stage in the order of MODEL.md's table on one frame
+Walks the model stage by stage in the order of the layer table (docs/model.md) on one frame
 (or a clip of ``n_frames``), so the printed shapes are the real ones.
 """
 
@@ -36,41 +36,47 @@ def model_stages(model: SoundscapeVAE, n_frames: int = 1) -> list[Stage]:
     cfg = model.cfg
     model = model.eval()
     x = torch.zeros(1, 1, cfg.frame_hops * n_frames, cfg.n_mels)
-    stages = [Stage("input", "log-mel", tuple(x.shape[1:]), 0, 0)]
+    stages = [Stage("input", "log-mel", tuple(x.shape[1:]), 0, flops=0)]
 
-    def add(group, op, module, fn, *args):
-        out, flops = _run(fn, *args)
-        stages.append(Stage(group, op, tuple(out.shape[1:]), parameter_count(module) if module else 0, flops))
+    def add(group, op, x, *, module, fn=None):
+        out, flops = _run(fn or module, x)
+        stages.append(Stage(group, op, tuple(out.shape[1:]), parameter_count(module) if module else 0, flops=flops))
         return out
 
     pre = model.pre
-    h = add("pre-processing", "5x5 Conv + BN + ReLU", pre.conv, pre.conv, (x - model.input_mean) / model.input_std)
+    h = add("pre-processing", "5x5 Conv + BN + ReLU", (x - model.input_mean) / model.input_std, module=pre.conv)
     h = add(
         "pre-processing",
         "Max & Avg pool (2,1), concat + 1x1 Conv",
-        pre.merge,
-        lambda t: pre.merge(torch.cat([pre.max_pool(t), pre.avg_pool(t)], 1)),
         h,
+        module=pre.merge,
+        fn=lambda t: pre.merge(torch.cat([pre.max_pool(t), pre.avg_pool(t)], 1)),
     )
     for i, stack in enumerate(model.encoder_stacks, 1):
-        h = add(f"ResStack {i}", f"down 2x2 conv s2 + {cfg.blocks_per_stack} x residual", stack, stack, h)
-    h = add("temporal framing", "clip -> frames", None, lambda t: frames_from_clip(t, cfg.frame_shape[1]), h)
+        h = add(f"ResStack {i}", f"down 2x2 conv s2 + {cfg.blocks_per_stack} x residual", h, module=stack)
+    h = add("temporal framing", "clip -> frames", h, module=None, fn=lambda t: frames_from_clip(t, cfg.frame_shape[1]))
     bott = model.bottleneck
 
     def bottleneck(t):
         mu, _ = bott.posterior(t)
         return bott.unflatten(mu)
 
-    h = add("bottleneck", f"Flatten, Linear -> mu, logvar ({cfg.latent_dim}), Linear, Unflatten", bott, bottleneck, h)
+    h = add(
+        "bottleneck",
+        f"Flatten, Linear -> mu, logvar ({cfg.latent_dim}), Linear, Unflatten",
+        h,
+        module=bott,
+        fn=bottleneck,
+    )
     stages[-1].shape = (n_frames,) + stages[-1].shape  # per-frame maps, n_frames of them
-    h = add("decoder temporal framing", "frames -> clip", None, lambda t: clip_from_frames(t, n_frames), h)
+    h = add("decoder temporal framing", "frames -> clip", h, module=None, fn=lambda t: clip_from_frames(t, n_frames))
     n_stacks = len(model.decoder_stacks)
     for i, stack in enumerate(model.decoder_stacks):
-        h = add(f"ResStack {n_stacks - i}", f"up 2x2 convT s2 + {cfg.blocks_per_stack} x residual", stack, stack, h)
+        h = add(f"ResStack {n_stacks - i}", f"up 2x2 convT s2 + {cfg.blocks_per_stack} x residual", h, module=stack)
     post = model.post
-    h = add("post-processing", "1x1 Conv + BN + ReLU", post.expand, post.expand, h)
-    h = add("post-processing", "2x2 ConvTranspose (2,1) + BN + ReLU", post.upsample, post.upsample, h)
-    add("post-processing", "5x5 Conv", post.out, post.out, h)
+    h = add("post-processing", "1x1 Conv + BN + ReLU", h, module=post.expand)
+    h = add("post-processing", "2x2 ConvTranspose (2,1) + BN + ReLU", h, module=post.upsample)
+    add("post-processing", "5x5 Conv", h, module=post.out)
     return stages
 
 

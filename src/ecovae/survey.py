@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -28,7 +28,13 @@ T = TypeVar("T")
 
 @dataclass
 class Survey:
-    """The recordings of a survey (paths relative to ``root``), their labels, and the run's spectrogram settings."""
+    """The recordings of a survey (paths relative to ``root``), their labels, and the run's spectrogram settings.
+
+    >>> from pathlib import Path
+    >>> survey = Survey(root=Path("."), files=["a.wav", "b.wav"], label_columns=["site"], labels={"a.wav": {"site": "x"}})
+    >>> survey.subset(["b.wav", "c.wav"]).files, survey.subset(["c.wav"]).skipped
+    (['b.wav'], {'c.wav': 'not found under the recordings folder'})
+    """
 
     root: Path  # the folder the relative paths start from
     files: list[str]
@@ -36,6 +42,20 @@ class Survey:
     labels: dict[str, dict[str, str]]  # relative path -> label values
     spec: SpectrogramConfig = field(default_factory=SpectrogramConfig)
     skipped: dict[str, str] = field(default_factory=dict)  # relative path -> why it was not read
+    label_source: str = "the folder layout"  # where the labels came from: a CSV, or the folder layout
+
+    def with_spec(self, spec: SpectrogramConfig) -> Survey:
+        """The same survey read with a model's spectrogram settings (nothing opened again; ``skipped`` shared)."""
+        return replace(self, spec=spec)
+
+    def subset(self, rels: Iterable[str]) -> Survey:
+        """Only these recordings (relative paths, in this order), such as those a latents table holds; one the
+        survey does not have is skipped as not found."""
+        have = set(self.files)
+        wanted = list(dict.fromkeys(rels))
+        skipped = {rel: why for rel, why in self.skipped.items() if rel in set(wanted)}
+        skipped |= {rel: "not found under the recordings folder" for rel in wanted if rel not in have}
+        return replace(self, files=[rel for rel in wanted if rel in have], skipped=skipped)
 
     def open(self, rel: str) -> Recording:
         """One recording's header, checked (:class:`BadAudio` if unusable), with its labels."""
@@ -83,11 +103,21 @@ def open_survey(
     root: Path | str,
     labels_csv: Path | str | None = None,
     spec: SpectrogramConfig | None = None,
+    *,
     rels: Iterable[str] | None = None,
 ) -> Survey:
     """The survey under ``root`` (a folder, or one audio file), labelled from ``labels_csv``, ``root/labels.csv``
     or the folder layout (:func:`ecovae.audio.discover`). ``rels``: only these files (relative paths), for
     example those a latents table holds. A folder without audio files is an error that says so.
+
+    >>> import tempfile, pathlib
+    >>> from ecovae import simulate_survey
+    >>> folder = pathlib.Path(tempfile.mkdtemp()) / "survey"
+    >>> labels = simulate_survey(folder, n_sites=2, recorders_per_site=1, hours=(6.0,), duration_s=6.0)
+    >>> from ecovae import open_survey
+    >>> survey = open_survey(folder)
+    >>> len(survey.files), survey.labels[survey.files[0]]["site"], survey.skipped
+    (2, 'site1', {})
     """
     root = Path(root)
     not_searched: dict[str, str] = {}
@@ -101,7 +131,36 @@ def open_survey(
         found = [rel for rel in wanted if rel not in missing]
     if not found and rels is None:
         raise FileNotFoundError(f"{root}: no audio files (looked for {', '.join(AUDIO_EXTENSIONS)})")
-    return Survey(base, found, columns, labels, spec or SpectrogramConfig(), not_searched)
+    source = labels_csv or (root / "labels.csv" if (root / "labels.csv").is_file() else None)
+    return Survey(
+        root=base,
+        files=found,
+        label_columns=columns,
+        labels=labels,
+        spec=spec or SpectrogramConfig(),
+        skipped=not_searched,
+        label_source=str(source) if source else "the folder layout",
+    )
+
+
+def as_survey(
+    recordings: Survey | Path | str,
+    labels_csv: Path | str | None = None,
+    spec: SpectrogramConfig | None = None,
+    *,
+    rels: Iterable[str] | None = None,
+) -> Survey:
+    """``recordings`` as a :class:`Survey`: one already open is used as it is (with ``spec`` and ``rels``
+    applied; nothing is searched or read again), a folder is opened (:func:`open_survey`).
+
+    Every stage takes either, so that a pipeline opens its survey once and a notebook can pass a folder.
+    """
+    if not isinstance(recordings, Survey):
+        return open_survey(recordings, labels_csv, spec, rels=rels)
+    if labels_csv is not None:
+        raise ValueError("a survey already open has its labels: give labels_csv to open_survey instead")
+    survey = recordings if spec is None or spec == recordings.spec else recordings.with_spec(spec)
+    return survey if rels is None else survey.subset(rels)
 
 
 def recording_clips(rec: Recording, spec: SpectrogramConfig, max_clips: int | None = None) -> list[Clip]:

@@ -39,16 +39,15 @@ from torch.utils.data import DataLoader, Dataset
 from ecovae import __version__
 from ecovae.audio import RESAMPLER
 from ecovae.files import atomic_file
+from ecovae.host import hardware_info, package_versions
 from ecovae.logmel_cache import CachedRecording, cache_survey, logmel_sums
-from ecovae.model import SoundscapeVAE, VAEConfig, preset
-from ecovae.progress import LineProgress, interactive
+from ecovae.model import SoundscapeVAE, VAEConfig, mean_loss, preset
+from ecovae.progress import LineProgress, interactive, quiet_lightning
 from ecovae.run import (
     CONFIG_FILE,
     METRICS_FILE,
     RUN_FILE,
-    hardware_info,
     load_model,
-    package_versions,
     save_calibration,
     save_state,
     save_weights,
@@ -56,7 +55,7 @@ from ecovae.run import (
     write_json,
 )
 from ecovae.spectrogram import SpectrogramConfig
-from ecovae.survey import Survey, open_survey
+from ecovae.survey import Survey, as_survey
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +134,14 @@ RESUMABLE = (
 
 def train_preset(name: str, **overrides) -> TrainConfig:
     """A preset's training settings with ``overrides`` (None: the preset's), checked: a count of steps,
-    windows or frames is at least 1 and a rate is positive, so a typo never trains for ever or not at all."""
+    windows or frames is at least 1 and a rate is positive, so a typo never trains for ever or not at all.
+
+    >>> train_preset("tiny", max_steps=50).max_steps
+    50
+    >>> train_preset("tiny", max_steps=0)
+    Traceback (most recent call last):
+    ValueError: --max-steps must be at least 1, not 0
+    """
     if name not in TRAIN_PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(TRAIN_PRESETS)}")
     tcfg = replace(TRAIN_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
@@ -402,7 +408,7 @@ class WindowBatches(torch.utils.data.Sampler):
 
 
 def calibration_windows(
-    recordings: list[LoadedRecording | CachedRecording], frame_hops: int, n: int = 32, frames: int = 4, seed: int = 0
+    recordings: list[LoadedRecording | CachedRecording], frame_hops: int, n: int = 32, *, frames: int = 4, seed: int = 0
 ) -> torch.Tensor:
     """``n`` windows of (up to) ``frames`` frames drawn across ``recordings``: what int8 encoding is calibrated and
     checked on (:mod:`ecovae.precision`). Windows of the longest length there is, so they stack."""
@@ -618,24 +624,18 @@ def combine_metrics(run_dir: Path) -> Path | None:
 
 
 @torch.no_grad()
-def evaluate(model: SoundscapeVAE, dataset: WindowDataset, batch_size: int = 16, seed: int = 0) -> dict[str, float]:
+def evaluate(model: SoundscapeVAE, dataset: WindowDataset, batch_size: int = 16, *, seed: int = 0) -> dict[str, float]:
     """Held-out negative ELBO and its parts, per frame (a fixed seed for the posterior samples)."""
     was_training = model.training
     model.eval()
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    totals: dict[str, float] = {}
-    frames = 0
     try:
-        for batch in DataLoader(dataset, batch_sampler=WindowBatches(dataset.lengths, batch_size, shuffle=False)):
-            n = batch.shape[0] * batch.shape[2] // model.cfg.frame_hops
-            for k, v in model.loss(batch).items():
-                totals[k] = totals.get(k, 0.0) + float(v) * n
-            frames += n
+        batches = DataLoader(dataset, batch_sampler=WindowBatches(dataset.lengths, batch_size, shuffle=False))
+        return mean_loss(model, batches)[0]
     finally:
         torch.random.set_rng_state(generator_state)
         model.train(was_training)
-    return {k: v / frames for k, v in totals.items()} if frames else {}
 
 
 # --------------------------------------------------------------------------- train
@@ -656,18 +656,19 @@ class TrainingData:
 
 
 def training_data(
-    recordings: Path | str,
-    labels_csv: Path | str | None,
+    recordings: Survey | Path | str,
+    *,
     spec: SpectrogramConfig,
     tcfg: TrainConfig,
+    labels_csv: Path | str | None = None,
     cache: Path | str | None = None,
     progress: bool = False,
 ) -> TrainingData:
     """Read the survey into the log-mel cache (once), split it by recording, and cut it into windows."""
-    survey = open_survey(recordings, labels_csv, spec)
+    survey = as_survey(recordings, labels_csv, spec)
     data = cache_survey(survey, cache, progress=progress)
     if not data:
-        raise RuntimeError(f"{recordings}: no usable recordings ({len(survey.skipped)} skipped)")
+        raise RuntimeError(f"{survey.root}: no usable recordings ({len(survey.skipped)} skipped)")
     window = min(tcfg.window_frames, max(r.n_frames for r in data))
     if window < tcfg.window_frames:
         log.warning("recordings are short: training on windows of %d frames instead of %d", window, tcfg.window_frames)
@@ -685,10 +686,10 @@ def training_data(
         data,
         window,
         shorter,
-        train_recs,
-        val_recs,
-        WindowDataset(train_recs, window, spec.frame_hops, jitter=tcfg.jitter),
-        WindowDataset(val_recs, window, spec.frame_hops, stride=None),
+        train=train_recs,
+        val=val_recs,
+        train_ds=WindowDataset(train_recs, window, spec.frame_hops, jitter=tcfg.jitter),
+        val_ds=WindowDataset(val_recs, window, spec.frame_hops, stride=None),
     )
 
 
@@ -760,8 +761,7 @@ def _trainer(run_dir: Path, tcfg: TrainConfig, history: RunHistory, has_val: boo
 
 
 def _manifest(
-    recordings: Path | str,
-    labels_csv: Path | str | None,
+    *,
     tcfg: TrainConfig,
     trainer: L.Trainer,
     history: RunHistory,
@@ -772,8 +772,8 @@ def _manifest(
     return {
         "ecovae_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "recordings": str(Path(recordings).resolve()),
-        "labels": str(labels_csv) if labels_csv else None,
+        "recordings": str(data.survey.root.resolve()),
+        "labels": data.survey.label_source if data.survey.label_source != "the folder layout" else None,
         "seed": tcfg.seed,
         "resampler": " ".join(RESAMPLER.values()),
         "global_step": int(trainer.global_step),
@@ -807,9 +807,10 @@ def _manifest(
 
 
 def train(
-    recordings: Path | str,
+    recordings: Survey | Path | str,
     run_dir: Path | str,
     tcfg: TrainConfig,
+    *,
     mcfg: VAEConfig | None = None,
     labels_csv: Path | str | None = None,
     resume: bool = False,
@@ -817,7 +818,8 @@ def train(
     cache: Path | str | None = None,
     init: Path | str | None = None,
 ) -> dict | None:
-    """Train a VAE on the recordings under ``recordings``; returns the run manifest.
+    """Train a VAE on a survey (a :class:`~ecovae.survey.Survey`, or a folder of recordings); returns the run
+    manifest.
 
     With ``init`` (a run folder, such as :func:`ecovae.pretrained.pretrained_dir`), training starts from that
     model's weights, settings and input normalisation instead of random weights (fine-tuning); config.json and
@@ -832,7 +834,7 @@ def train(
     distributed run, processes other than the first return None. Stopped by
     SIGTERM or Ctrl-C, it saves a checkpoint and raises :class:`TrainingStopped`.
     """
-    _quiet_lightning()
+    quiet_lightning()
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     spec = SpectrogramConfig()  # the run's settings start here; everything after reads them from config.json
@@ -845,7 +847,7 @@ def train(
         parent = json.loads((run_dir / CONFIG_FILE).read_text()).get("parent")
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(tcfg.seed, workers=True, verbose=False)
-    data = training_data(recordings, labels_csv, spec, tcfg, cache, progress)
+    data = training_data(recordings, spec=spec, tcfg=tcfg, labels_csv=labels_csv, cache=cache, progress=progress)
 
     module = LitVAE(mcfg.to_dict(), asdict(tcfg))
     heldout_initial = None
@@ -880,7 +882,7 @@ def train(
     save_calibration(run_dir, calibration_windows(data.train, spec.frame_hops, seed=tcfg.seed))
     combine_metrics(run_dir)
     heldout_final = evaluate(model, data.val_ds, seed=tcfg.seed) if len(data.val_ds) else None
-    manifest = _manifest(recordings, labels_csv, tcfg, trainer, history, data, heldout_final)
+    manifest = _manifest(tcfg=tcfg, trainer=trainer, history=history, data=data, heldout_final=heldout_final)
     write_json(run_dir / RUN_FILE, {**manifest, "parent": parent})
     return manifest
 
@@ -925,8 +927,8 @@ class WindowData(L.LightningDataModule):
             self.tcfg.batch_size,
             shuffle,
             self.tcfg.seed,
-            self.trainer.world_size,
-            self.trainer.global_rank,
+            replicas=self.trainer.world_size,
+            rank=self.trainer.global_rank,
         )
         return DataLoader(
             ds,
@@ -940,21 +942,6 @@ class WindowData(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_ds, shuffle=False)
-
-
-def _quiet_lightning() -> None:
-    """Lightning's start-up chatter and deprecation notes say nothing a user can act on."""
-    import warnings
-
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    # a resumed run's checkpoint folder is not empty by design; a small survey has fewer batches than log lines
-    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
-    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
-    warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended.*")
 
 
 def _devices(devices: str):
