@@ -12,7 +12,7 @@ import pytest
 
 import ecovae
 
-MODULES = sorted({f"ecovae.{m}" for m in ecovae._EXPORTS.values()} | {"ecovae"})
+MODULES = sorted({f"ecovae.{m}" for m in ecovae._EXPORTS.values()} | {"ecovae", "ecovae.latent_map"})
 
 
 def test_every_public_name_is_there_with_an_example():

@@ -29,7 +29,7 @@ LAYERS = [
     {"train", "file_encoding"},
     {"encode_ray"},
     {"encode"},
-    {"descriptors", "novelty", "diel"},
+    {"descriptors", "novelty", "diel", "latent_map"},
     {"baselines"},
     {"evaluate"},
     {"hardware", "interpret"},
