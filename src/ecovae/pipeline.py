@@ -390,7 +390,7 @@ def novelty_stage(
 ) -> dict:
     """The survey's most unusual frames, ranked, with excerpts to hear, in ``out``; with ``run_dir`` and
     ``novelty_elbo``, each frame's negative ELBO under that model too."""
-    from ecovae.novelty import rank_survey
+    from ecovae.novelty import TOP_FILE, rank_survey
 
     a = settings.analysis
     say(f"[novelty] {out}/")
@@ -407,7 +407,7 @@ def novelty_stage(
     )
     say(
         f"{summary['frames']} frames scored ({summary['silent_frames']} silent, unranked), ranked by "
-        f"{summary['ranked_by']}; top {a.novelty_top} in {out / 'novelty_top.csv'}"
+        f"{summary['ranked_by']}; top {a.novelty_top} in {out / TOP_FILE}"
     )
     for e in summary.get("events") or []:
         where = f"{e['path']} at {e['start_s']:.1f}-{e['end_s']:.1f} s"
