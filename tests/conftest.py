@@ -167,3 +167,60 @@ def fill(disk: Path, leave: int = 0) -> Path:
         except OSError:
             pass
     return filler
+
+
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory):
+    """One small quickstart (3 sites, 2 days, 3 times of day, a siren and a chainsaw planted), run once."""
+    out = tmp_path_factory.mktemp("quickstart") / "qs"
+    from typer.testing import CliRunner
+
+    from ecovae.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "quickstart",
+            "--out",
+            str(out),
+            "--steps",
+            "20",
+            "--duration",
+            "6",
+            "--sites",
+            "3",
+            "--days",
+            "2",
+            "--hours",
+            "0,8,16",
+            "--rare-events",
+            "2",
+            "--quiet",
+        ],
+    )
+    return out, result
+
+
+def chromium(*flags: str):
+    """Selenium driving Debian's headless chromium (with ``flags`` too), or a skip saying what is missing."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the dev extras)")
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (scripts/test.sh installs them as root)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        *flags,
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,13 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         "representation.py",
         "train_memory.py",
         "novelty.py",
+        pytest.param(
+            "explore.py",
+            marks=pytest.mark.skipif(
+                not (shutil.which("chromium") and shutil.which("chromedriver")),
+                reason="Debian's chromium and chromium-driver are not installed (scripts/test.sh installs them as root)",
+            ),
+        ),
     ],
 )
 def test_benchmark_smoke(script, shared_data, tmp_path):
@@ -54,6 +62,10 @@ def test_benchmark_smoke(script, shared_data, tmp_path):
         assert all(r["frames_per_s"] > 0 for r in result["rows"])
         assert [c["precision"] for c in result["curves"]] == ["32-true", "bf16-mixed"]
         assert all(c["heldout_final"] > 0 for c in result["curves"])
+    elif script == "explore.py":  # the page drew every frame; the baseline and the excerpt were measured
+        (row,) = result["rows"]
+        assert row["frames"] == 2000 and row["first_paint_s"] > 0 and row["pandas_read_s"] > 0
+        assert row["excerpt_median_ms"] > 0 and row["server_peak_mb"] > 0
     elif script == "resume_index.py":  # only the one file not yet done was opened (and found empty)
         assert [(r["already_done"], r["skipped_now"]) for r in result["rows"]] == [(999, 1), (1999, 1)]
     elif script == "representation.py":  # every feature set x descriptor x classifier, for each task

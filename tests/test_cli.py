@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ecovae.cli import app
+from tests.conftest import chromium
 
 runner = CliRunner()
 
@@ -41,34 +42,6 @@ def test_errors_name_the_problem(tmp_path):
     assert result.exit_code == 2 and "config.json" in result.output
     result = runner.invoke(app, ["model-summary", "--preset", "huge"])
     assert result.exit_code == 2 and "unknown preset" in result.output
-
-
-@pytest.fixture(scope="module")
-def quickstart(tmp_path_factory):
-    """One small quickstart (3 sites, 2 days, 3 times of day, a siren and a chainsaw planted), run once."""
-    out = tmp_path_factory.mktemp("quickstart") / "qs"
-    result = runner.invoke(
-        app,
-        [
-            "quickstart",
-            "--out",
-            str(out),
-            "--steps",
-            "20",
-            "--duration",
-            "6",
-            "--sites",
-            "3",
-            "--days",
-            "2",
-            "--hours",
-            "0,8,16",
-            "--rare-events",
-            "2",
-            "--quiet",
-        ],
-    )
-    return out, result
 
 
 @pytest.mark.slow
@@ -143,35 +116,11 @@ def test_quickstart_end_to_end(quickstart):
         assert (f"known event, {r['event']}" in html) or r["event"] is None
 
 
-def _chromium():
-    """Selenium driving Debian's headless chromium, or a skip saying what is missing."""
-    import shutil
-
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the dev extras)")
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (browser and driver):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (scripts/test.sh installs them as root)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(driver), options=options)
-
-
 @pytest.mark.slow
 def test_report_in_a_real_browser(quickstart, tmp_path):
     out, result = quickstart
     assert result.exit_code == 0, result.output
-    browser = _chromium()
+    browser = chromium()
     try:
         browser.get((out / "report.html").as_uri())
         images = browser.execute_script("return [...document.images].map(i => [i.alt, i.complete, i.naturalWidth])")

@@ -32,15 +32,15 @@ def test_the_map_has_a_point_per_frame_and_is_kept_until_the_latents_change(late
     def never(*a, **k):
         raise AssertionError("projected again although the latents did not change")
 
-    real = maps._project
-    monkeypatch.setattr(maps, "_project", never)
+    real = maps.project
+    monkeypatch.setattr(maps, "project", never)
     pd.testing.assert_frame_equal(maps.latent_map(out, method="pca"), first)  # read back, not recomputed
     with pytest.raises(AssertionError, match="projected again"):
         maps.latent_map(out, method="pca", seed=1)  # another seed is another map
 
     simulate_survey(folder / "more", n_sites=1, recorders_per_site=1, hours=(6.0,), duration_s=6.0, seed=5)
     encode(folder, untrained_run, out, progress=False, precision="fp32")  # new files appended
-    monkeypatch.setattr(maps, "_project", real)
+    monkeypatch.setattr(maps, "project", real)
     grown = maps.latent_map(out, method="pca")
     assert len(grown) == len(read_latents(out)) > len(first)
 

@@ -33,8 +33,8 @@ LAYERS = [
     {"baselines"},
     {"evaluate"},
     {"hardware", "interpret"},
-    {"report"},
-    {"pipeline"},
+    {"report", "explore"},
+    {"pipeline", "explore_page"},
     {"cli"},
     {"__main__"},
 ]

@@ -75,6 +75,14 @@ def _user_errors() -> Iterator[None]:
         raise  # a bug, not the user's: its traceback
 
 
+def _frames(latents: Path, labels: Path | None):
+    """The latents, with a labels CSV joined on (by recording or by frame) if one is given."""
+    from ecovae.latents import add_labels, read_latents
+
+    frames = read_latents(latents)
+    return add_labels(frames, labels) if labels is not None else frames
+
+
 def _hours(hours: str) -> tuple[float, ...]:
     try:
         return tuple(float(h) for h in hours.split(",") if h.strip())
@@ -207,15 +215,16 @@ def describe(
     window: options.Window = None,
     features: options.FeatureSet = "vae",
     samples: options.Samples = 64,
+    labels: options.FrameLabels = None,
     seed: options.Seed = 0,
 ) -> None:
     """Soundscape descriptors: one row per unit (a recording, or e.g. a site-day) or per mixture sample, with its labels."""
     setup_logging(False)
     from ecovae.descriptors import describe, group_units
-    from ecovae.latents import read_latents
 
     with _user_errors():
-        table = describe(group_units(read_latents(latents), unit, window, features=features), kind, samples, seed=seed)
+        frames = _frames(latents, labels)
+        table = describe(group_units(frames, unit, window, features=features), kind, samples, seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out, index=False)
     typer.echo(f"wrote {len(table)} rows of {kind} descriptors to {out}")
@@ -241,7 +250,7 @@ def evaluate(
     """Cross-validated classification of units from every feature set and descriptor, with metrics and confusion matrices."""
     setup_logging(False)
     from ecovae import pipeline
-    from ecovae.latents import read_latents
+    from ecovae.latents import is_frame_labels
 
     model = _model(model) if model is not None else None
     if recorder and model is None:
@@ -253,8 +262,10 @@ def evaluate(
     cache = cache or latents.with_name(latents.name.removesuffix(".parquet") + ".baselines")
     with _user_errors():
         given = model is not None or recordings is not None  # the indices and BirdNET need the audio
-        survey = pipeline.survey_of(model=model, recordings=recordings, labels=labels) if given else None
-        pipeline.evaluate_stage(survey, settings, out, frames=read_latents(latents), latents=latents, cache=cache)
+        of_recordings = labels if labels is not None and not is_frame_labels(labels) else None
+        survey = pipeline.survey_of(model=model, recordings=recordings, labels=of_recordings) if given else None
+        frames = _frames(latents, labels)
+        pipeline.evaluate_stage(survey, settings, out, frames=frames, latents=latents, cache=cache)
         if recorder:
             pipeline.hardware_stage(survey, settings, out, run_dir=model)
 
@@ -315,11 +326,11 @@ def novelty(
     top: options.Top = 50,
     features: options.NoveltyFeatures = "logmel,vae",
     elbo: options.Elbo = False,
+    labels: options.FrameLabels = None,
     seed: options.Seed = 0,
 ) -> None:
     """Unusual sounds ranked: each frame's k-nearest-neighbour density among the survey's frames (rarest first)."""
     setup_logging(False)
-    from ecovae.latents import read_latents
     from ecovae.pipeline import Analysis, Settings, Training, novelty_stage, survey_of
 
     if elbo and model is None:
@@ -331,9 +342,46 @@ def novelty(
         _fail("give --recordings (the excerpts need the audio) or --model RUN (the folder it was trained on)")
     with _user_errors():
         settings = Settings(analysis=analysis, training=Training(seed=seed))
-        novelty_stage(
-            survey_of(model=model, recordings=recordings), settings, out, frames=read_latents(latents), run_dir=model
+        frames = _frames(latents, labels)
+        novelty_stage(survey_of(model=model, recordings=recordings), settings, out, frames=frames, run_dir=model)
+
+
+@app.command()
+def explore(
+    latents: options.Latents,
+    model: options.ExploreModel = None,
+    recordings: options.AudioFolder = None,
+    novelty: options.ExploreNovelty = None,
+    unit: options.Unit = None,
+    window: options.Window = None,
+    labels: options.ExploreLabels = None,
+    column: options.Column = None,
+    method: options.MapMethod = "umap",
+    port: options.Port = 8765,
+    no_open: options.NoOpen = False,
+    host: options.Host = None,
+    seed: options.Seed = 0,
+) -> None:
+    """A map of every frame to listen to, select, decode and name (a local web page; names become a labels CSV)."""
+    setup_logging(False)
+    from ecovae.explore import open_explorer
+    from ecovae.explore_page import serve
+
+    model = _model(model) if model is not None else None
+    with _user_errors():
+        explorer = open_explorer(
+            latents,
+            model=model,
+            recordings=recordings,
+            novelty=novelty,
+            unit=unit,
+            window=window,
+            labels=labels,
+            column=column,
+            method=method,
+            seed=seed,
         )
+        serve(explorer, port=port, host=host, open_browser=not no_open)
 
 
 plot_app = typer.Typer(no_args_is_help=True, help="Figures from the latents.")

@@ -50,14 +50,17 @@ class Units:
     latent_dim: int
     features: str = "vae"
     unplaced: dict[str, int] = field(default_factory=dict)  # path -> frames without a time (left out of windows)
+    rows: list[np.ndarray] | None = None  # each unit's rows in the table it was grouped from
 
 
 def parse_unit(unit: str | Sequence[str] | None) -> list[str]:
-    """'site,recorder' -> ['site', 'recorder']; None, '' or 'recording' -> [] (one unit per recording)."""
+    """'site,recorder' -> ['site', 'recorder']; None, '' or 'recording' -> [] (one unit per recording); 'frame'
+    -> ['path', 'frame_in_recording'] (each frame its own unit: for labels of frames)."""
     if unit is None:
         return []
     cols = [c.strip() for c in unit.split(",")] if isinstance(unit, str) else list(unit)
-    return [c for c in cols if c and c != "recording"]
+    cols = [c for c in cols if c and c != "recording"]
+    return ["path", "frame_in_recording"] if cols == ["frame"] else cols
 
 
 def _values(frames: pd.DataFrame, features: str) -> tuple[np.ndarray, int]:
@@ -174,9 +177,8 @@ def group_units(
         meta["n_recordings"] = frames.groupby(codes, sort=False)["path"].nunique().to_numpy()
         meta["first_recording"] = first["path"].to_numpy()  # to show (saliency) and to trace a unit
     meta["n_frames"] = ends - starts_
-    return Units(
-        [values[rows[s:e]] for s, e in zip(starts_, ends, strict=True)], meta, dim, features, unplaced=unplaced
-    )
+    spans = [rows[s:e] for s, e in zip(starts_, ends, strict=True)]
+    return Units([values[r] for r in spans], meta, dim, features, unplaced=unplaced, rows=spans)
 
 
 def _split(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

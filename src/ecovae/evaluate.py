@@ -97,7 +97,9 @@ def make_folds(
     """
     if target not in meta.columns:
         raise ValueError(f"no label column {target!r}; the latents have {[c for c in meta.columns if c != 'path']}")
-    group = group or ("unit" if "unit" in meta.columns else "path")
+    # frames of one recording are alike: a frame's fold is its recording's, lest a neighbour be tested on
+    frames_as_units = "frame_in_recording" in meta.columns
+    group = group or ("path" if frames_as_units else "unit" if "unit" in meta.columns else "path")
     if group not in meta.columns:
         raise ValueError(
             f"no column {group!r} to group folds by: a label that is not the same for every frame "

@@ -35,7 +35,8 @@ def map_path(latents: Path | str, method: str) -> Path:
     return latents.with_name(f"{latents.name.removesuffix('.parquet')}.map_{method}.parquet")
 
 
-def _project(mu: np.ndarray, method: str, seed: int) -> np.ndarray:
+def project(mu: np.ndarray, method: str, seed: int) -> np.ndarray:
+    """(rows, 2): the rows of ``mu`` standardised and projected by UMAP or PCA."""
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
@@ -72,8 +73,8 @@ def latent_map(latents: Path | str, *, method: str = "umap", seed: int = 0) -> p
         meta = pq.read_schema(cache).metadata or {}
         if json.loads(meta.get(MAP_KEY, b"{}")) == key:
             return pq.read_table(cache).to_pandas()
-    frames = read_latents(latents)
-    xy = _project(frames[value_columns(frames, "vae")].to_numpy(np.float32), method, seed)
+    frames = read_latents(latents, left_out=("logvar_", "logmel_"))
+    xy = project(frames[value_columns(frames, "vae")].to_numpy(np.float32), method, seed)
     table = frames[["path", "frame_in_recording"]].assign(x=xy[:, 0].astype(np.float32), y=xy[:, 1].astype(np.float32))
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     with atomic_file(cache) as tmp:

@@ -17,6 +17,7 @@ without reading any rows. A single-file output is the parts merged at the end.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,8 @@ import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
     import pandas as pd
+
+log = logging.getLogger(__name__)
 
 RESERVED = (
     "path",
@@ -219,8 +222,10 @@ def latents_schema(
     )
 
 
-def read_latents(path: Path | str) -> pd.DataFrame:
-    """The per-frame latents written by ``ecovae encode`` (a Parquet file or dataset folder).
+def read_latents(path: Path | str, *, left_out: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The per-frame latents written by ``ecovae encode`` (a Parquet file or dataset folder), without the
+    columns whose names start with one of ``left_out`` (``("logvar_", "logmel_")``: the means alone, in a fifth
+    of the memory).
 
     A missing, unreadable or empty one is an error that names it.
 
@@ -246,7 +251,8 @@ def read_latents(path: Path | str) -> pd.DataFrame:
             "every frame would be counted once per model; keep one model's parts per folder"
         )
     try:
-        table = pq.read_table(path)
+        names = pq.ParquetDataset(path).schema.names if left_out else None
+        table = pq.read_table(path, columns=[n for n in names if not n.startswith(left_out)] if names else None)
     except (pa.ArrowException, OSError) as e:
         raise ValueError(f"{path}: not a readable Parquet latents file ({e})") from None
     if table.num_rows == 0:
@@ -308,3 +314,114 @@ def read_index(path: Path) -> tuple[dict[str, dict], dict | None]:
 
 def list_parts(folder: Path) -> list[Path]:
     return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+
+
+# --------------------------------------------------------------------------- labels keyed like the latents
+# A labels CSV with a ``frame_in_recording`` column labels single frames (as ``ecovae explore`` writes them);
+# one with ``path`` alone labels whole recordings. Either joins the latents' own labels, its values winning.
+FRAME_KEY = ("path", "frame_in_recording")
+
+
+def is_frame_labels(path: Path | str) -> bool:
+    """Whether a labels CSV is keyed by frame (``path`` and ``frame_in_recording``) rather than by recording."""
+    import csv
+
+    with Path(path).open(newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f), [])
+    return set(FRAME_KEY) <= set(header)
+
+
+def read_frame_labels(path: Path | str) -> pd.DataFrame:
+    """A labels CSV keyed by ``path`` (and ``frame_in_recording``, if it has one), every other column a label
+    kept as text; a key listed twice keeps its last row (a frame named again is renamed)."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise ValueError(f"{path}: cannot read the labels CSV ({e})") from None
+    key = [c for c in FRAME_KEY if c in table.columns]
+    if "path" not in key:
+        raise ValueError(f"{path}: a labels CSV needs a 'path' column; found {list(table.columns)}")
+    if "frame_in_recording" in key:
+        frame = pd.to_numeric(table["frame_in_recording"], errors="coerce")
+        bad = table.index[frame.isna() | (frame % 1 != 0)]
+        if len(bad):
+            raise ValueError(
+                f"{path}: line {bad[0] + 2}: frame_in_recording must be a whole number, "
+                f"not {table['frame_in_recording'].iloc[bad[0]]!r}"
+            )
+        table["frame_in_recording"] = frame.astype("int64")
+    labels = [c for c in table.columns if c not in key]
+    if not labels:
+        raise ValueError(f"{path}: no label column beside {key}")
+    table = table.drop_duplicates(key, keep="last").replace({c: {"": None} for c in labels})
+    return table.rename(columns=label_column_names(labels))
+
+
+def add_labels(frames: pd.DataFrame, path: Path | str) -> pd.DataFrame:
+    """The frames with the labels of a CSV (:func:`read_frame_labels`) joined on; where the frames already have
+    a label of that name, the CSV's value replaces it and frames the CSV does not name keep theirs.
+
+    >>> import tempfile, pathlib
+    >>> import pandas as pd
+    >>> csv = pathlib.Path(tempfile.mkdtemp()) / "sounds.csv"
+    >>> _ = csv.write_text("path,frame_in_recording,sound\\na.wav,1,rain\\n")
+    >>> frames = pd.DataFrame({"path": ["a.wav", "a.wav"], "frame_in_recording": [0, 1], "mu_000": [0.0, 1.0]})
+    >>> add_labels(frames, csv)["sound"].tolist()
+    [nan, 'rain']
+    """
+    import pandas as pd
+
+    table = read_frame_labels(path)
+    key = [c for c in FRAME_KEY if c in table.columns]
+    if "frame_in_recording" in key and "frame_in_recording" not in frames.columns:
+        raise ValueError(f"{path} labels frames, but the latents have no frame_in_recording column")
+    joined = frames[key].merge(table, on=key, how="left", validate="many_to_one")
+    unmatched = len(table) - len(table.merge(frames[key].drop_duplicates(), on=key))
+    if unmatched:
+        log.warning("%s: %d of its %d rows name no frame of the latents", path, unmatched, len(table))
+    out = frames.copy()
+    for c in table.columns.difference(key):
+        values = joined[c].to_numpy(object)
+        out[c] = values if c not in out else np.where(pd.notna(values), values, out[c].astype(object))
+    return out
+
+
+def append_frame_labels(path: Path | str, keys: pd.DataFrame, *, column: str, value: str) -> int:
+    """Append ``value`` as the ``column`` label of each frame in ``keys`` (``path``, ``frame_in_recording``) to
+    the labels CSV at ``path`` (made with its header if new). One write, then fsync: what was saved before is
+    never rewritten, and each save is one write of whole rows, so a kill between saves loses nothing. Returns the
+    rows written."""
+    import csv
+    import io
+    import os
+
+    path = Path(path)
+    header = [*FRAME_KEY, column]
+    if path.is_file() and path.stat().st_size:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            found = next(csv.reader(f), [])
+        if found != header:
+            raise ValueError(f"{path}: its columns are {found}, not {header}: choose another labels file")
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    if not path.is_file() or not path.stat().st_size:
+        writer.writerow(header)
+    for p, frame in zip(keys["path"], keys["frame_in_recording"], strict=True):
+        writer.writerow([p, int(frame), value])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        data = text.getvalue().encode()
+        size = os.fstat(fd).st_size
+        if size:  # a file that does not end its last row (made by hand, or cut short): the new rows start anew
+            with path.open("rb") as f:
+                f.seek(size - 1)
+                data = (b"" if f.read(1) == b"\n" else b"\n") + data
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return len(keys)

@@ -29,7 +29,17 @@ AudioFolder = Annotated[Path | None, _opt("Audio folder (default: the run's).")]
 ModelDir = Annotated[Path, _opt(MODEL_HELP, "--model")]
 Unit = Annotated[
     str | None,
-    _opt("Unit of analysis: label columns whose values make one unit, e.g. 'site,recorder' (default: each recording)."),
+    _opt(
+        "Unit of analysis: label columns whose values make one unit, e.g. 'site,recorder' (default: each recording); "
+        "'frame': each frame (for labels of frames)."
+    ),
+]
+FrameLabels = Annotated[
+    Path | None,
+    _opt(
+        "Labels CSV joined to the latents: by recording ('path' + label columns) or by frame ('path', "
+        "'frame_in_recording' + label columns, as 'ecovae explore' saves them)."
+    ),
 ]
 Window = Annotated[str | None, _opt("Also cut units by time: a pandas frequency, e.g. 1D (one unit per day), 6h.")]
 Seed = Annotated[int, _opt("Seed for the folds, samples and projections.")]
@@ -121,7 +131,13 @@ Group = Annotated[
 Folds = Annotated[int, _opt("Cross-validation folds (fewer if a class has fewer groups).")]
 Recorder = Annotated[str | None, _opt("Recorder label column: also run the hardware check (needs --model).")]
 CheckModel = Annotated[Path | None, _opt("Run folder, or 'pretrained' (for the hardware check).", "--model")]
-CheckLabels = Annotated[Path | None, _opt("Labels CSV of the recordings (for the hardware check).")]
+CheckLabels = Annotated[
+    Path | None,
+    _opt(
+        "Labels CSV joined to the latents, by recording ('path' + label columns; also the hardware check's) or by "
+        "frame ('path', 'frame_in_recording' + label columns, as 'ecovae explore' saves them)."
+    ),
+]
 Baselines = Annotated[
     str,
     _opt(
@@ -198,3 +214,17 @@ QuickHabitats = Annotated[int, _opt("Habitats the sites share (sites of one habi
 QuickDays = Annotated[int, _opt("Days recorded: one unit of analysis per site, recorder and day.")]
 QuickSeed = Annotated[int, _opt("Seed for the survey and the training.")]
 QuickEvents = Annotated[int, _opt("Recordings given a rare sound (siren, chainsaw) for the novelty ranking to find.")]
+
+# --------------------------------------------------------------------------- explore
+ExploreModel = Annotated[
+    Path | None, _opt("Run folder or 'pretrained': reconstructions, decoded means, and its recordings.", "--model")
+]
+ExploreNovelty = Annotated[Path | None, _opt("Folder of 'ecovae novelty': colour the map by its scores.")]
+Port = Annotated[int, _opt("Port to serve the page on.")]
+NoOpen = Annotated[bool, _opt("Serve only: do not open a browser (on a server, or in a test).", "--no-open")]
+Host = Annotated[str | None, _opt("Address to listen on beyond this machine, e.g. 0.0.0.0 (default: loopback only).")]
+ExploreLabels = Annotated[
+    Path | None, _opt("Labels CSV the page appends named selections to (default: frame_labels.csv beside LATENTS).")
+]
+Column = Annotated[str | None, _opt("Label column the names are saved under (default: the file's, or 'sound').")]
+MapMethod = Annotated[str, _opt("Projection of the map: umap, or pca (fast).")]
