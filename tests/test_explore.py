@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 
 from ecovae.cli import app
 from ecovae.encode import encode
-from ecovae.explore import CONTEXT_S, KMEANS, TIME_OF_DAY, open_explorer
+from ecovae.excerpts import CONTEXT_S
+from ecovae.explore import KMEANS, TIME_OF_DAY, open_explorer
 from ecovae.latents import add_labels, append_frame_labels, read_frame_labels, read_latents
 from ecovae.pretrained import pretrained_dir
 from ecovae.simulate import simulate_survey

@@ -20,6 +20,12 @@ EXCERPT_RATE = 24_000  # Hz: the mels end at 15 kHz, and 24 kHz keeps everything
 CONTEXT_S = 1.5  # seconds either side of the frame: a frame alone is too short to recognise a sound
 
 
+def context_span(offset_s: float, frame_s: float) -> tuple[float, float]:
+    """Where a frame's excerpt starts (CONTEXT_S before the frame, not before the file) and how long it is."""
+    start = max(0.0, offset_s - CONTEXT_S)
+    return start, offset_s + frame_s + CONTEXT_S - start
+
+
 def write_excerpt(root: Path, path: str, *, offset_s: float, frame_s: float, out: Path, name: str) -> dict:
     """The frame at ``offset_s`` of ``path`` with CONTEXT_S either side, as Ogg Vorbis (peak-normalised, the gain
     recorded) and its spectrogram with the frame marked: ``out/<name>.ogg`` and ``.jpg`` (``name`` may hold a
@@ -28,8 +34,8 @@ def write_excerpt(root: Path, path: str, *, offset_s: float, frame_s: float, out
 
     (out / name).parent.mkdir(parents=True, exist_ok=True)
     rec = open_recording(root / path, root)
-    start = max(0.0, offset_s - CONTEXT_S)
-    audio = read_excerpt(rec, start, offset_s + frame_s + CONTEXT_S - start, rate=EXCERPT_RATE)
+    start, seconds = context_span(offset_s, frame_s)
+    audio = read_excerpt(rec, start, seconds, rate=EXCERPT_RATE)
     peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
     gain = 0.9 / peak if peak > 0 else 1.0
     sf.write(out / f"{name}.ogg", audio * gain, EXCERPT_RATE, format="OGG", subtype="VORBIS")

@@ -22,7 +22,7 @@ import pandas as pd
 
 from ecovae.audio import open_recording, read_excerpt
 from ecovae.descriptors import group_units
-from ecovae.excerpts import CONTEXT_S, EXCERPT_RATE
+from ecovae.excerpts import EXCERPT_RATE, context_span
 from ecovae.latent_map import latent_map, project
 from ecovae.latents import (
     FRAME_KEY,
@@ -218,17 +218,16 @@ class Explorer:
         (PermissionError otherwise: the page's word for a file is never trusted)."""
         if path not in self._paths:
             raise PermissionError(f"{path!r} is not a recording of this survey")
-        start = max(0.0, offset_s - CONTEXT_S)
-        audio = self._audio_of(path, start, offset_s + self.spec.frame_seconds + CONTEXT_S - start, EXCERPT_RATE)
+        audio = self._audio_of(path, *context_span(offset_s, self.spec.frame_seconds), EXCERPT_RATE)
         return wav_bytes(audio, EXCERPT_RATE)
 
     def spectrograms(self, row: int) -> dict:
         """The frame's log-mel with its context (hops x mels), where the frame lies in it (s), and the VAE's
         reconstruction of the frame from its mu (None without a model)."""
         path, offset = str(self.frames["path"].iloc[row]), self.frame_offset(row)
-        start = max(0.0, offset - CONTEXT_S)
+        start, seconds = context_span(offset, self.spec.frame_seconds)
         rate = self.spec.sample_rate
-        audio = self._audio_of(path, start, offset + self.spec.frame_seconds + CONTEXT_S - start, rate)
+        audio = self._audio_of(path, start, seconds, rate)
         logmel = log_mel(audio, self.spec).numpy()
         return {
             "logmel": logmel,
